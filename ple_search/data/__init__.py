@@ -1,0 +1,45 @@
+"""Data sources behind one schema: ``load("census" | "synthetic" | path/to/spec.yaml, **options)``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ple_search.data.batches import PLEDataModule, TensorBatches
+from ple_search.data.dataset import Dataset, Split
+from ple_search.data.schema import Schema, Task
+from ple_search.errors import DataError
+
+__all__ = ["load", "Dataset", "Split", "Schema", "Task", "PLEDataModule", "TensorBatches", "SOURCES"]
+
+SOURCES = ("census", "synthetic")
+
+
+def load(source: str, **options: Any) -> Dataset:
+    """Load a dataset: ``census`` (options: tasks, data_dir, min_count, download, use_cache),
+    ``synthetic`` (n, d, p, c, m, seed, fractions) or the path of a YAML dataset spec."""
+    if source == "census":
+        from ple_search.data.census import load_census
+
+        loader = load_census
+    elif source == "synthetic":
+        from ple_search.data.synthetic import load_synthetic
+
+        loader = load_synthetic
+    elif source.endswith((".yaml", ".yml")) or Path(source).is_file():
+        from ple_search.data.table import load_table
+
+        return _call(load_table, source, Path(source), **options)
+    else:
+        raise DataError(f"unknown dataset {source!r}: use {', '.join(SOURCES)} or the path of a YAML dataset spec")
+    return _call(loader, source, **options)
+
+
+def _call(loader: Any, source: str, *args: Any, **options: Any) -> Dataset:
+    import inspect
+
+    allowed = [p for p in inspect.signature(loader).parameters if p != "spec_path"]
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise DataError(f"dataset {source!r}: unknown option '{unknown[0]}'; allowed: {allowed}")
+    return loader(*args, **options)

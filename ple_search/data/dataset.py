@@ -1,0 +1,95 @@
+"""In-memory splits and the dataset every source yields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ple_search.data.preprocess import Preprocessor
+from ple_search.data.schema import Schema
+from ple_search.errors import DataError
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class Split:
+    """One split as tensors: categorical codes ``[N, C]`` (int64), numeric ``[N, F]`` and labels
+    ``[N, T]`` (float32, NaN = missing)."""
+
+    cat: Tensor
+    num: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    @classmethod
+    def from_numpy(cls, cat: np.ndarray, num: np.ndarray, labels: np.ndarray) -> "Split":
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(cat, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32)),
+            torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
+        )
+
+    def to(self, device: torch.device | str) -> "Split":
+        return Split(self.cat.to(device), self.num.to(device), self.labels.to(device))
+
+
+@dataclass
+class Dataset:
+    """Train/val/test splits, their schema, the preprocessing fitted on train, and provenance
+    (``info``: source, options, split description, notes such as the single-file fallback)."""
+
+    schema: Schema
+    train: Split
+    val: Split
+    test: Split
+    preprocessor: Preprocessor
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def split(self, name: str) -> Split:
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
+    def check_labels(self, where: str) -> None:
+        """Every task needs labels in every split, and a binary task both classes (AUC is undefined
+        otherwise); raise a ``DataError`` naming ``where``, the task and the split."""
+        for name in SPLITS:
+            labels = self.split(name).labels
+            for k, task in enumerate(self.schema.tasks):
+                known = labels[:, k][~torch.isnan(labels[:, k])]
+                if known.numel() == 0:
+                    raise DataError(f"{where}: task '{task.name}' has no labels in the {name} split")
+                if task.type == "binary" and torch.unique(known).numel() < 2:
+                    raise DataError(
+                        f"{where}: task '{task.name}' has only one class ({float(known[0]):g}) in the "
+                        f"{name} split, so its AUC is undefined; use more data or another split"
+                    )
+
+
+def from_frames(
+    frames: dict[str, Any],
+    labels: dict[str, np.ndarray],
+    categorical: list[str],
+    numeric: list[str],
+    tasks: list[Any],
+    *,
+    log1p: list[str] = (),
+    min_count: int = 1,
+    info: dict[str, Any] | None = None,
+    where: str = "data",
+) -> Dataset:
+    """Fit preprocessing on ``frames["train"]``, transform every split and check the labels."""
+    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p, min_count, where)
+    splits = {}
+    for name in SPLITS:
+        cat, num = pre.transform(frames[name], where)
+        splits[name] = Split.from_numpy(cat, num, labels[name])
+    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tuple(tasks))
+    dataset = Dataset(schema, splits["train"], splits["val"], splits["test"], pre, dict(info or {}))
+    dataset.check_labels(where)
+    return dataset

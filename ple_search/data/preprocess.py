@@ -1,0 +1,100 @@
+"""Preprocessing fitted on the train split only, saved as plain JSON (never pickle).
+
+Categorical columns become int codes: 0 is the shared "other" code for values unseen in train or
+rarer than ``min_count``; numeric columns are optionally log1p-transformed, then standardised with
+the train mean and standard deviation; missing numeric values become the train mean (0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from ple_search.errors import DataError
+
+
+def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:
+    """Float64 values of a column (empty cells become NaN), or a ``DataError`` naming the first
+    non-numeric row (1-based, header not counted)."""
+    text = values.astype("string").str.strip()
+    empty = text.isna() | (text == "")
+    parsed = pd.to_numeric(text.mask(empty), errors="coerce")
+    bad = parsed.isna() & ~empty
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        raise DataError(
+            f"{where}: numeric column '{column}' has a non-numeric value {values.iloc[row]!r} "
+            f"(first at row {row + 1})"
+        )
+    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+@dataclass
+class Preprocessor:
+    """Fitted vocabularies (``categorical[col]`` lists the values with codes 1..n) and numeric
+    statistics (``numeric[col] = {"mean", "std", "log1p"}``)."""
+
+    categorical: dict[str, list[str]] = field(default_factory=dict)
+    numeric: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def fit(
+        cls,
+        frame: pd.DataFrame,
+        categorical: Sequence[str],
+        numeric: Sequence[str],
+        log1p: Sequence[str] = (),
+        min_count: int = 1,
+        where: str = "data",
+    ) -> "Preprocessor":
+        vocab = {}
+        for col in categorical:
+            counts = frame[col].astype(str).value_counts()
+            kept = counts[counts >= min_count]
+            vocab[col] = sorted(kept.index.tolist())
+        stats = {}
+        for col in numeric:
+            values = to_numeric(frame[col], where, col)
+            if col in log1p:
+                values = _log1p(values, where, col)
+            mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
+            std = float(np.nanstd(values)) if np.isfinite(values).any() else 1.0
+            stats[col] = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": col in log1p}
+        return cls(vocab, stats)
+
+    @property
+    def vocab_sizes(self) -> tuple[int, ...]:
+        return tuple(len(v) + 1 for v in self.categorical.values())
+
+    def transform(self, frame: pd.DataFrame, where: str = "data") -> tuple[np.ndarray, np.ndarray]:
+        """``(codes[N, C] int64, numeric[N, F] float32)``; a missing column is a ``DataError``."""
+        missing = [c for c in (*self.categorical, *self.numeric) if c not in frame.columns]
+        if missing:
+            raise DataError(f"{where}: required column '{missing[0]}' is missing")
+        codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, (col, values) in enumerate(self.categorical.items()):
+            codes[:, j] = pd.Categorical(frame[col].astype(str), categories=values).codes + 1
+        num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
+        for j, (col, s) in enumerate(self.numeric.items()):
+            values = to_numeric(frame[col], where, col)
+            if s["log1p"]:
+                values = _log1p(values, where, col)
+            standard = (values - s["mean"]) / s["std"]
+            num[:, j] = np.where(np.isnan(standard), 0.0, standard)
+        return codes, num
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"categorical": self.categorical, "numeric": self.numeric}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessor":
+        return cls(dict(data["categorical"]), dict(data["numeric"]))
+
+
+def _log1p(values: np.ndarray, where: str, column: str) -> np.ndarray:
+    if (values[~np.isnan(values)] <= -1).any():
+        raise DataError(f"{where}: column '{column}' is listed for log1p but has values <= -1")
+    return np.log1p(values)

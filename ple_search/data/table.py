@@ -1,0 +1,194 @@
+"""Users' own tables: a CSV or Parquet file described by a small YAML dataset spec.
+
+```yaml
+file: events.csv              # relative to this spec file
+categorical: [country, device]
+numeric: [age, price]
+log1p: [price]                # optional: heavy-tailed numeric columns
+min_count: 5                  # optional: rarer categories share the "other" code
+tasks:
+  - {name: click, type: binary, labels: {"yes": 1, "no": 0}}   # labels: optional mapping
+  - {name: watch_time, column: seconds, type: regression}      # column defaults to name
+split: {column: split}        # values train/val/test, or: {fractions: [0.8, 0.1, 0.1], seed: 0}
+```
+Every bad input is one ``DataError`` naming the file, the column and, where it applies, the row.
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from ple_search.data import cache
+from ple_search.data.dataset import SPLITS, Dataset, from_frames
+from ple_search.data.preprocess import to_numeric
+from ple_search.data.schema import TASK_TYPES, Task
+from ple_search.errors import DataError
+
+SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "tasks", "split"}
+TASK_KEYS = {"name", "column", "type", "labels"}
+FORMATS = ("csv", "parquet")
+
+
+def read_spec(path: Path) -> dict[str, Any]:
+    """The validated spec as a dict (``file`` resolved against the spec's folder)."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read dataset spec: {exc}") from None
+    if not isinstance(spec, dict):
+        raise DataError(f"{path}: a dataset spec must be a mapping with keys {sorted(SPEC_KEYS)}")
+    unknown = sorted(set(spec) - SPEC_KEYS)
+    if unknown:
+        raise DataError(f"{path}: unknown key '{unknown[0]}'; allowed: {sorted(SPEC_KEYS)}")
+    for key in ("file", "tasks"):
+        if not spec.get(key):
+            raise DataError(f"{path}: key '{key}' is required")
+    for key in ("categorical", "numeric", "log1p"):
+        spec[key] = list(spec.get(key) or [])
+        if not all(isinstance(c, str) for c in spec[key]):
+            raise DataError(f"{path}: '{key}' must be a list of column names")
+    if not spec["categorical"] and not spec["numeric"]:
+        raise DataError(f"{path}: no features: list columns under 'categorical' and/or 'numeric'")
+    stray = [c for c in spec["log1p"] if c not in spec["numeric"]]
+    if stray:
+        raise DataError(f"{path}: log1p column '{stray[0]}' is not listed under 'numeric'")
+    spec["file"] = (path.parent / spec["file"]).resolve()
+    fmt = spec.get("format") or ("parquet" if spec["file"].suffix in (".parquet", ".pq") else "csv")
+    if fmt not in FORMATS:
+        raise DataError(f"{path}: format '{fmt}' is not one of {list(FORMATS)}")
+    spec["format"] = fmt
+    spec["tasks"] = [_task_spec(path, t) for t in spec["tasks"]]
+    names = [t["name"] for t in spec["tasks"]]
+    if len(set(names)) != len(names):
+        raise DataError(f"{path}: task names must be unique, got {names}")
+    spec["split"] = _split_spec(path, spec.get("split") or {"fractions": [0.8, 0.1, 0.1], "seed": 0})
+    return spec
+
+
+def _task_spec(path: Path, task: Any) -> dict[str, Any]:
+    if not isinstance(task, dict) or "name" not in task:
+        raise DataError(f"{path}: each task needs at least 'name' and 'type', got {task!r}")
+    unknown = sorted(set(task) - TASK_KEYS)
+    if unknown:
+        raise DataError(f"{path}: task '{task['name']}' has unknown key '{unknown[0]}'; allowed: {sorted(TASK_KEYS)}")
+    if task.get("type") not in TASK_TYPES:
+        raise DataError(f"{path}: task '{task['name']}' type {task.get('type')!r} must be one of {list(TASK_TYPES)}")
+    labels = task.get("labels")
+    if labels is not None and (not isinstance(labels, dict) or not set(labels.values()) <= {0, 1}):
+        raise DataError(f"{path}: task '{task['name']}' labels must map raw values to 0 or 1, got {labels!r}")
+    return {"name": str(task["name"]), "column": str(task.get("column", task["name"])), "type": task["type"], "labels": labels}
+
+
+def _split_spec(path: Path, split: Any) -> dict[str, Any]:
+    if isinstance(split, dict) and "column" in split:
+        return {"column": str(split["column"])}
+    fractions = split.get("fractions") if isinstance(split, dict) else None
+    if (
+        not isinstance(fractions, list) or len(fractions) != 3
+        or any(not isinstance(f, (int, float)) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6
+    ):  # fmt: skip
+        raise DataError(f"{path}: split must be {{column: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1")
+    return {"fractions": [float(f) for f in fractions], "seed": int(split.get("seed", 0))}
+
+
+def read_table(file: Path, fmt: str) -> pd.DataFrame:
+    """The raw table, every cell as read; unreadable, empty or duplicate-header files are ``DataError``s."""
+    if not file.is_file():
+        raise DataError(f"{file}: file not found")
+    try:
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            names = pq.read_schema(file).names
+            frame = pd.read_parquet(file)
+        else:
+            header = pd.read_csv(file, header=None, nrows=1, dtype=str, keep_default_na=False)
+            names = header.iloc[0].tolist()
+            frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{file}: the file is empty") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
+        raise DataError(f"{file}: cannot read the file ({type(exc).__name__}: {exc})") from None
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{file}: duplicate column name '{duplicates[0]}'")
+    if frame.empty:
+        raise DataError(f"{file}: the file has no data rows")
+    return frame
+
+
+def _labels(frame: pd.DataFrame, file: Path, task: dict[str, Any]) -> np.ndarray:
+    raw = frame[task["column"]]
+    where = f"{file}: task '{task['name']}' column '{task['column']}'"
+    if task["type"] == "regression":
+        return to_numeric(raw, where, task["column"]).astype(np.float32)
+    present = raw.notna() & (raw.astype(str).str.strip() != "")
+    text = raw.astype(str).str.strip()
+    if task["labels"] is not None:
+        mapping = {str(k): float(v) for k, v in task["labels"].items()}
+    else:
+        mapping = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
+    values = text.map(mapping)
+    bad = present & values.isna()
+    if bad.any():
+        row = int(np.flatnonzero(bad.to_numpy())[0])
+        seen = sorted(text[present].unique().tolist())[:6]
+        raise DataError(
+            f"{where}: value {raw.iloc[row]!r} at row {row + 1} is not a binary label; binary tasks take 0/1 "
+            f"(or true/false), or a 'labels' mapping in the spec (values seen: {seen})"
+        )
+    return values.where(present).to_numpy(dtype=np.float32, na_value=np.nan)
+
+
+def load_table(spec_path: str | Path, use_cache: bool = True) -> Dataset:
+    """Load a user's table as described by the YAML spec at ``spec_path``."""
+    spec_path = Path(spec_path)
+    spec = read_spec(spec_path)
+    file = spec["file"]
+    if not file.is_file():
+        raise DataError(f"{spec_path}: data file {file} not found")
+    settings = {k: v for k, v in spec.items() if k != "file"}
+
+    def build() -> Dataset:
+        frame = read_table(file, spec["format"])
+        needed = [(c, "categorical feature") for c in spec["categorical"]] + [(c, "numeric feature") for c in spec["numeric"]]
+        needed += [(t["column"], f"label of task '{t['name']}'") for t in spec["tasks"]]
+        if "column" in spec["split"]:
+            needed.append((spec["split"]["column"], "split column"))
+        for column, role in needed:
+            if column not in frame.columns:
+                raise DataError(f"{file}: column '{column}' ({role}) not found; columns are {list(frame.columns)}")
+        features = set(spec["categorical"]) | set(spec["numeric"])
+        clash = [t["column"] for t in spec["tasks"] if t["column"] in features]
+        if clash:
+            raise DataError(f"{file}: column '{clash[0]}' is both a feature and a task label")
+        labels = np.stack([_labels(frame, file, t) for t in spec["tasks"]], axis=1)
+        parts = _assign_splits(frame, file, spec["split"])
+        frames = {name: frame.iloc[idx] for name, idx in parts.items()}
+        info = {"source": "table", "options": {"spec": str(spec_path.resolve())}, "split": str(spec["split"])}
+        return from_frames(
+            frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
+            [Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
+            min_count=int(spec.get("min_count") or 1), info=info, where=str(file),
+        )  # fmt: skip
+
+    return cache.cached("table", [spec_path, file], settings, build, use_cache)
+
+
+def _assign_splits(frame: pd.DataFrame, file: Path, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    if "column" in split:
+        values = frame[split["column"]].astype(str).str.strip()
+        bad = ~values.isin(SPLITS)
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(f"{file}: split column '{split['column']}' has value {values.iloc[row]!r} at row {row + 1}; allowed: {list(SPLITS)}")
+        return {name: np.flatnonzero((values == name).to_numpy()) for name in SPLITS}
+    order = np.random.default_rng(split["seed"]).permutation(len(frame))
+    cuts = np.cumsum([int(round(f * len(frame))) for f in split["fractions"][:2]])
+    return dict(zip(SPLITS, np.split(order, cuts)))

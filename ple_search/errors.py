@@ -1,0 +1,23 @@
+"""Typed exceptions: library code raises these, the CLI turns them into one-line messages."""
+
+from __future__ import annotations
+
+
+class PLESearchError(Exception):
+    """Base class of every error ple-search reports to a user."""
+
+
+class ConfigError(PLESearchError, ValueError):
+    """A hyperparameter dict, search space or config file is invalid."""
+
+
+class DataError(PLESearchError, ValueError):
+    """A data file, dataset spec or column is missing, unreadable or invalid."""
+
+
+class StorageError(PLESearchError):
+    """An Optuna storage cannot be opened, or a study in it cannot be used."""
+
+
+class TrialFailed(PLESearchError):
+    """A trial cannot finish (non-finite loss, unbuildable config); the study goes on."""

@@ -1,0 +1,45 @@
+"""Per-task metrics in torch: ROC AUC (ties averaged, as scikit-learn) and RMSE, NaN labels dropped."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from ple_search.data.schema import Task
+
+
+def roc_auc(scores: Tensor, labels: Tensor) -> float:
+    """Area under the ROC curve via the rank-sum statistic; NaN when only one class is present."""
+    labels = labels.to(torch.float64)
+    n_pos = float(labels.sum())
+    n_neg = labels.numel() - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return math.nan
+    order = torch.argsort(scores)
+    sorted_scores = scores[order]
+    _, inverse, counts = torch.unique_consecutive(sorted_scores, return_inverse=True, return_counts=True)
+    ends = torch.cumsum(counts, 0).to(torch.float64)
+    average_rank = ends - (counts.to(torch.float64) - 1) / 2
+    pos_rank_sum = float((average_rank[inverse] * labels[order]).sum())
+    return (pos_rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+
+
+def rmse(predictions: Tensor, targets: Tensor) -> float:
+    """Root mean squared error; NaN for an empty set."""
+    if targets.numel() == 0:
+        return math.nan
+    diff = predictions.to(torch.float64) - targets.to(torch.float64)
+    return float(torch.sqrt(torch.mean(diff * diff)))
+
+
+def task_metrics(outputs: Tensor, labels: Tensor, tasks: Sequence[Task]) -> dict[str, float]:
+    """``{task_name: metric}`` over each task's labelled rows (raw outputs ``[N, T]``)."""
+    result = {}
+    for k, task in enumerate(tasks):
+        known = ~torch.isnan(labels[:, k])
+        out, y = outputs[known, k].float(), labels[known, k]
+        result[task.name] = roc_auc(out, y) if task.type == "binary" else rmse(out, y)
+    return result

@@ -1,0 +1,128 @@
+"""``PLEModule``: the Lightning training module built from one hyperparameter dict and a schema."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ple_search.data.schema import Schema
+from ple_search.errors import TrialFailed
+from ple_search.hparams import resolve_hparams, model_hparams
+from ple_search.metrics import task_metrics
+from ple_search.model import PLE
+from ple_search.weighting import make_weighting
+
+Batch = tuple[Tensor, Tensor, Tensor]
+
+
+class FeatureEncoder(nn.Module):
+    """Categorical codes through one embedding table (per-feature offsets), concatenated with the
+    numeric features: ``(cat[B, C], num[B, F]) -> [B, C*embedding_dim + F]``."""
+
+    def __init__(self, vocab_sizes: tuple[int, ...], embedding_dim: int) -> None:
+        super().__init__()
+        offsets = torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)[: len(vocab_sizes)]
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim)
+        self.out_extra = len(vocab_sizes) * embedding_dim
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        if cat.shape[1] == 0:
+            return num
+        embedded = self.embedding(cat + self.offsets).flatten(1)
+        return torch.cat([embedded, num], dim=1)
+
+
+class PLEModule(pl.LightningModule):
+    """PLE plus embeddings, per-task losses over each task's own labelled samples, a loss-weighting
+    scheme, the optimiser, and per-task validation/test metrics logged as ``val/<task>/<metric>``."""
+
+    def __init__(self, schema: Mapping[str, Any] | Schema, hparams: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        schema = Schema.from_dict(schema)
+        resolved = resolve_hparams(hparams)
+        self.save_hyperparameters({"schema": schema.to_dict(), "hparams": resolved})
+        self.schema = schema
+        self.config = resolved
+        self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"])
+        input_dim = self.encoder.out_extra + len(schema.numeric)
+        self.model = PLE.from_hparams(input_dim, len(schema.tasks), model_hparams(resolved))
+        self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
+        self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in schema.tasks]), persistent=False)
+        self._epoch_loss_sum = torch.zeros(len(schema.tasks))
+        self._epoch_steps = 0
+        self._eval_outputs: list[tuple[Tensor, Tensor]] = []
+        self.last_metrics: dict[str, dict[str, float]] = {}
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        """Raw outputs ``[B, T]``: logits for binary tasks, values for regression tasks."""
+        return self.model(self.encoder(cat, num))
+
+    def predict_outputs(self, cat: Tensor, num: Tensor) -> Tensor:
+        """Serving outputs ``[B, T]``: probabilities for binary tasks, values for regression tasks."""
+        out = self(cat, num)
+        return torch.where(self.is_binary, torch.sigmoid(out), out)
+
+    def task_losses(self, outputs: Tensor, labels: Tensor) -> Tensor:
+        """Per-task mean loss ``[T]`` over each task's labelled samples (NaN label = not in the task)."""
+        known = ~torch.isnan(labels)
+        safe = torch.where(known, labels, torch.zeros_like(labels))
+        bce = F.binary_cross_entropy_with_logits(outputs, safe, reduction="none")
+        mse = (outputs - safe) ** 2
+        per_sample = torch.where(self.is_binary, bce, mse) * known
+        return per_sample.sum(0) / known.sum(0).clamp_min(1)
+
+    def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        cat, num, labels = batch
+        losses = self.task_losses(self(cat, num), labels)
+        total = self.weighting(losses, self.model)
+        if not torch.isfinite(total):
+            raise TrialFailed(f"training loss became non-finite ({float(total)}) at epoch {self.current_epoch}")
+        self._epoch_loss_sum = self._epoch_loss_sum.to(losses.device) + losses.detach()
+        self._epoch_steps += 1
+        return total
+
+    def on_train_epoch_end(self) -> None:
+        mean = self._epoch_loss_sum / max(self._epoch_steps, 1)
+        self.weighting.epoch_end(self.current_epoch, mean)
+        self.log_dict(
+            {f"train/{name}/loss": float(v) for name, v in zip(self.schema.task_names, mean)}, on_epoch=True
+        )
+        self._epoch_loss_sum = torch.zeros_like(mean)
+        self._epoch_steps = 0
+
+    def validation_step(self, batch: Batch, batch_idx: int) -> None:
+        cat, num, labels = batch
+        self._eval_outputs.append((self(cat, num).detach(), labels))
+
+    test_step = validation_step
+
+    def _log_split_metrics(self, split: str) -> None:
+        outputs = torch.cat([o for o, _ in self._eval_outputs]).cpu()
+        labels = torch.cat([y for _, y in self._eval_outputs]).cpu()
+        self._eval_outputs = []
+        metrics = task_metrics(outputs, labels, self.schema.tasks)
+        self.last_metrics[split] = metrics
+        self.log_dict({f"{split}/{t.name}/{t.metric}": metrics[t.name] for t in self.schema.tasks})
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_split_metrics("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_split_metrics("test")
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
+        cat, num = batch[0], batch[1]
+        return self.predict_outputs(cat, num)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.config["optimizer"]]
+        weighting_ids = {id(p) for p in self.weighting.parameters()}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in weighting_ids]}]
+        if weighting_ids:
+            groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
+        return optimizer(groups, lr=self.config["lr"], weight_decay=self.config["weight_decay"])

@@ -1,0 +1,204 @@
+"""Loss-weighting schemes: how per-task losses combine into the one loss that is minimised.
+
+Each scheme is one ``LossWeighting`` subclass registered by its ``name``; a new scheme is one
+class here plus its test. ``forward(losses, model)`` returns the total loss for one step,
+``epoch_end(epoch, mean_losses)`` lets epoch-level schemes update, and ``weights()`` reports the
+current per-task weights for logging.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ple_search.errors import ConfigError
+from ple_search.model import PLE
+
+
+def per_task(key: str, value: Any, task_names: Sequence[str], default: float) -> Tensor:
+    """Per-task floats from None (default), a scalar, a list in task order or a ``{task: value}`` dict."""
+    n = len(task_names)
+    if value is None:
+        return torch.full((n,), float(default))
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.full((n,), float(value))
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(task_names))
+        if unknown:
+            raise ConfigError(
+                f"hyperparameter '{key}' names unknown task '{unknown[0]}': tasks are {list(task_names)}"
+            )
+        return torch.tensor([float(value.get(t, default)) for t in task_names])
+    if isinstance(value, (list, tuple)) and len(value) == n:
+        return torch.tensor([float(v) for v in value])
+    raise ConfigError(
+        f"hyperparameter '{key}' = {value!r} is invalid: give a number, a list of {n} numbers "
+        f"or a mapping from task names {list(task_names)} to numbers"
+    )
+
+
+class LossWeighting(nn.Module):
+    """Interface of a weighting scheme."""
+
+    name: ClassVar[str]
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__()
+        self.num_tasks = len(task_names)
+
+    def weights(self) -> Tensor:
+        """Current per-task weights, ``[T]``."""
+        raise NotImplementedError
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        """Total loss from the per-task losses ``[T]``."""
+        return (self.weights().to(losses) * losses).sum()
+
+    def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
+        """Called after training epoch ``epoch`` (0-based) with its mean per-task losses."""
+
+
+class Equal(LossWeighting):
+    """Every task weighs 1."""
+
+    name = "equal"
+
+    def weights(self) -> Tensor:
+        return torch.ones(self.num_tasks)
+
+
+class Fixed(LossWeighting):
+    """Constant user-given weights (``task_weights``)."""
+
+    name = "fixed"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.register_buffer("_weights", per_task("task_weights", hparams.get("task_weights"), task_names, 1.0))
+
+    def weights(self) -> Tensor:
+        return self._weights
+
+
+class Scheduled(LossWeighting):
+    """The PLE paper's schedule w_k(t) = w_k0 * gamma_k^t, t the epoch
+    (``task_weights`` gives w_k0, ``schedule_gamma`` gives gamma_k)."""
+
+    name = "scheduled"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.register_buffer("initial", per_task("task_weights", hparams.get("task_weights"), task_names, 1.0))
+        self.register_buffer("gamma", per_task("schedule_gamma", hparams.get("schedule_gamma"), task_names, 1.0))
+        self.register_buffer("epoch", torch.zeros(()))
+
+    def weights(self) -> Tensor:
+        return self.initial * self.gamma**self.epoch
+
+    def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
+        self.epoch.fill_(epoch + 1)
+
+
+class Uncertainty(LossWeighting):
+    """Kendall et al. 2018: learned log-variances s_k, loss sum_k 0.5 exp(-s_k) L_k + 0.5 s_k.
+    A noisier task settles at a larger s_k, hence a smaller weight."""
+
+    name = "uncertainty"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.log_vars = nn.Parameter(torch.zeros(self.num_tasks))
+
+    def weights(self) -> Tensor:
+        return 0.5 * torch.exp(-self.log_vars.detach())
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        return (0.5 * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars).sum()
+
+
+class DynamicWeightAverage(LossWeighting):
+    """Liu et al. 2019: w_k = T softmax_k(r_k / temperature), r_k = L_k(t-1) / L_k(t-2) from epoch
+    mean losses; a task whose loss falls slowest gets the largest weight."""
+
+    name = "dwa"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.temperature = float(hparams.get("dwa_temperature", 2.0))
+        self.register_buffer("_weights", torch.ones(self.num_tasks))
+        self.register_buffer("history", torch.full((2, self.num_tasks), float("nan")))
+
+    def weights(self) -> Tensor:
+        return self._weights
+
+    def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
+        self.history[0] = self.history[1]
+        self.history[1] = mean_losses.detach().to(self.history)
+        if not torch.isnan(self.history).any():
+            ratio = self.history[1] / self.history[0].clamp_min(1e-12)
+            self._weights.copy_(self.num_tasks * torch.softmax(ratio / self.temperature, dim=0))
+
+
+class GradNorm(LossWeighting):
+    """Chen et al. 2018: learned weights trained so that each task's gradient norm on the last
+    shared layer tracks mean_norm * (relative inverse training rate)^alpha; renormalised to sum T."""
+
+    name = "gradnorm"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        if model.last_shared_layer() is None:
+            raise ConfigError(
+                "hyperparameter 'loss_weighting' = 'gradnorm' needs 'shared_experts' >= 1: "
+                "GradNorm balances gradients on the last shared layer"
+            )
+        self.alpha = float(hparams.get("gradnorm_alpha", 1.5))
+        self.task_weights = nn.Parameter(torch.ones(self.num_tasks))
+        self.register_buffer("initial_losses", torch.full((self.num_tasks,), float("nan")))
+
+    def weights(self) -> Tensor:
+        return self.task_weights.detach()
+
+    def gradient_norms(self, losses: Tensor, model: PLE) -> Tensor:
+        """||d(w_k L_k)/dW|| on the last shared layer W, differentiable w.r.t. the weights."""
+        shared = model.last_shared_layer()
+        norms = []
+        for k in range(self.num_tasks):
+            (grad,) = torch.autograd.grad(
+                self.task_weights[k] * losses[k], shared, retain_graph=True, create_graph=True, allow_unused=True
+            )
+            norms.append(grad.norm() if grad is not None else losses.new_zeros(()))
+        return torch.stack(norms)
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        with torch.no_grad():
+            self.task_weights.clamp_(min=1e-3)
+            self.task_weights.mul_(self.num_tasks / self.task_weights.sum())
+        if torch.isnan(self.initial_losses).any():
+            self.initial_losses.copy_(losses.detach())
+        weighted = (self.task_weights.detach() * losses).sum()
+        if not torch.is_grad_enabled() or not self.training:
+            return weighted
+        norms = self.gradient_norms(losses, model)
+        ratio = losses.detach() / self.initial_losses.clamp_min(1e-12)
+        target = (norms.mean() * (ratio / ratio.mean()) ** self.alpha).detach()
+        (weight_grad,) = torch.autograd.grad((norms - target).abs().sum(), self.task_weights, retain_graph=True)
+        # The weights learn only from the GradNorm objective: a value-neutral surrogate carries its gradient.
+        surrogate = (self.task_weights * weight_grad).sum()
+        return weighted + surrogate - surrogate.detach()
+
+
+SCHEMES: dict[str, type[LossWeighting]] = {
+    cls.name: cls for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm)
+}
+
+
+def make_weighting(name: str, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> LossWeighting:
+    """Instantiate the scheme registered as ``name``."""
+    if name not in SCHEMES:
+        raise ConfigError(
+            f"hyperparameter 'loss_weighting' = {name!r} is invalid: must be one of {sorted(SCHEMES)}"
+        )
+    return SCHEMES[name](task_names, hparams, model)
