@@ -21,3 +21,8 @@ class StorageError(PLESearchError):
 
 class TrialFailed(PLESearchError):
     """A trial cannot finish (non-finite loss, unbuildable config); the study goes on."""
+
+
+class Interrupted(BaseException):
+    """Ctrl-C or SIGTERM during a search. A ``BaseException``, like ``KeyboardInterrupt``, but
+    Lightning re-raises it where it turns ``KeyboardInterrupt`` into ``sys.exit(1)``."""

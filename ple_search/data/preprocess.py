@@ -76,7 +76,7 @@ class Preprocessor:
             raise DataError(f"{where}: required column '{missing[0]}' is missing")
         codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
         for j, (col, values) in enumerate(self.categorical.items()):
-            codes[:, j] = pd.Categorical(frame[col].astype(str), categories=values).codes + 1
+            codes[:, j] = pd.Index(values).get_indexer(frame[col].astype(str)) + 1
         num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
         for j, (col, s) in enumerate(self.numeric.items()):
             values = to_numeric(frame[col], where, col)

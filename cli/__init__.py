@@ -1,0 +1,1 @@
+"""The ``ple-search`` command line (imports as ``ple_search.cli``)."""

@@ -1,0 +1,237 @@
+"""``ple-search``: run a search, show its Pareto front, list studies.
+
+Library errors (``PLESearchError``) and storage failures become one line on stderr and exit code 2;
+Ctrl-C or SIGTERM during ``run`` marks the running trial FAIL, prints how to resume and exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import signal
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from rich.console import Console
+
+from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError
+from ple_search.storage import DEFAULT_STORAGE, mask_url
+
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False)
+
+
+def _storage_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ple-search", description="Multi-objective architecture search for PLE multi-task models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="create or resume a study and run it to --trials finished trials")
+    run.add_argument("--study", required=True, help="study name; also picks search_spaces/NAME.yaml")
+    run.add_argument("--trials", type=int, required=True, help="target number of finished trials in the study")
+    run.add_argument("--space", help="search space YAML (default: search_spaces/STUDY.yaml, else the stored one)")
+    _storage_arg(run)
+    run.add_argument("--sampler", choices=["tpe", "nsga2", "nsga3", "gp", "random"], help="override the space's sampler")
+    run.add_argument("--seed", type=int, help="sampler and training seed (default: the space's sampler seed)")
+    run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    run.add_argument("--data-dir", help="folder holding the census files")
+    run.add_argument("--max-epochs", type=int, help="override the space's per-trial epoch budget")
+    run.add_argument("--patience", type=int, help="override the space's early-stopping patience")
+    run.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
+    run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
+
+    pareto = sub.add_parser("pareto", help="show the Pareto-optimal trials of a study")
+    pareto.add_argument("--study", required=True)
+    _storage_arg(pareto)
+    pareto.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
+    pareto.add_argument("--output", help="write the report to this file instead of stdout")
+    pareto.add_argument("--plot", help="also write a Pareto plot (.png or .html)")
+    pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
+
+    studies = sub.add_parser("studies", help="list the studies in a storage")
+    _storage_arg(studies)
+    return parser
+
+
+def _space_path(args: argparse.Namespace) -> Path | None:
+    if args.space:
+        return Path(args.space)
+    for folder in (Path.cwd() / "search_spaces", Path(__file__).resolve().parent.parent / "search_spaces"):
+        if (folder / f"{args.study}.yaml").is_file():
+            return folder / f"{args.study}.yaml"
+    return None
+
+
+def _load_space(args: argparse.Namespace, storage):
+    import optuna
+
+    from ple_search.pareto import META_KEY
+    from ple_search.space import load_space, parse_space
+
+    path = _space_path(args)
+    if path is not None:
+        return load_space(path)
+    try:
+        stored = optuna.load_study(study_name=args.study, storage=storage).user_attrs.get(META_KEY)
+    except KeyError:
+        stored = None
+    if stored is None:
+        raise ConfigError(f"no search space for study '{args.study}': search_spaces/{args.study}.yaml not found; pass --space FILE")
+    return parse_space(stored["space"], f"stored space of study '{args.study}'")
+
+
+def _load_dataset(space, data_dir: str | None):
+    from ple_search.data import load
+
+    options = dict(space.dataset["options"])
+    if data_dir is not None:
+        if space.dataset["name"] != "census":
+            raise ConfigError(f"--data-dir applies to the census dataset, not {space.dataset['name']!r}")
+        options["data_dir"] = data_dir
+    space.dataset["options"] = options
+    return load(space.dataset["name"], **options)
+
+
+def _resume_hint(argv: Sequence[str]) -> str:
+    shown = [mask_url(a) for a in argv]
+    return "ple-search " + shlex.join(shown)
+
+
+def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    import torch
+
+    from ple_search.objective import TrialSettings, quiet_libraries
+    from ple_search.progress import LiveReporter, LogReporter
+    from ple_search.search import objectives_of, open_study, run_search
+    from ple_search.storage import open_storage
+
+    if args.trials < 1:
+        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    quiet_libraries()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    storage = open_storage(args.storage)
+    space = _load_space(args, storage)
+    dataset = _load_dataset(space, args.data_dir)
+    seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
+    settings = TrialSettings(
+        objectives=objectives_of(space, dataset),
+        max_epochs=args.max_epochs or space.budget["max_epochs"],
+        patience=args.patience or space.budget["patience"],
+        seed=seed,
+        accelerator=args.accelerator,
+    )
+    study = open_study(args.study, storage, space, dataset, space.make_sampler(args.sampler, seed))
+    err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
+    reporter_cls = LogReporter if args.quiet else LiveReporter
+    with reporter_cls(study, args.trials, err) as reporter:
+        try:
+            finished = run_search(study, space, dataset, settings, args.trials, reporter, args.timeout)
+        except (KeyboardInterrupt, Interrupted):
+            from ple_search.search import count_finished
+
+            err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; the running trial is marked FAIL.")
+            err.print(f"resume with: {_resume_hint(argv)}")
+            return 0
+    err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
+    return 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from ple_search.pareto import plot, render, report, summary_line, table_rows
+    from ple_search.storage import load_study, open_storage
+
+    study = load_study(args.study, open_storage(args.storage))
+    data = report(study, include_all=args.all)
+    if args.format == "table" and not args.output:
+        header, cells = table_rows(data)
+        table = Table(*header, title=summary_line(data))
+        for row in cells:
+            table.add_row(*row)
+        out.print(table)
+    else:
+        text = render(data, "markdown" if args.format == "table" else args.format)
+        if args.output:
+            _atomic_write(Path(args.output), text)
+        else:
+            sys.stdout.write(text)
+    if args.plot:
+        if not args.plot.endswith((".png", ".html")):
+            raise ConfigError(f"--plot {args.plot}: the file must end in .png or .html")
+        plot(study, args.plot)
+    return 0
+
+
+def cmd_studies(args: argparse.Namespace) -> int:
+    import optuna
+    from rich.table import Table
+
+    from ple_search.search import front_summary
+    from ple_search.pareto import META_KEY
+    from ple_search.storage import open_storage
+
+    storage = open_storage(args.storage)
+    table = Table("study", "finished", "pruned", "failed", "running", "front", "hypervolume", title=f"studies in {mask_url(args.storage)}")
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        states = [t.state.name for t in study.get_trials(deepcopy=False)]
+        front = front_summary(study) if META_KEY in study.user_attrs else {"front": "-", "hypervolume": float("nan")}
+        table.add_row(
+            summary.study_name, *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
+            str(front["front"]), f"{front['hypervolume']:.5f}",
+        )  # fmt: skip
+    out.print(table)
+    return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise Interrupted(signal.Signals(signum).name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if args.command == "run":
+        for sig in previous:
+            signal.signal(sig, _raise_interrupt)
+    try:
+        if args.command == "run":
+            return cmd_run(args, argv)
+        if args.command == "pareto":
+            return cmd_pareto(args)
+        return cmd_studies(args)
+    except PLESearchError as exc:
+        err.print(f"error: {exc}")
+        return 2
+    except (KeyboardInterrupt, Interrupted):
+        err.print("interrupted")
+        return 130
+    except Exception as exc:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(exc, SQLAlchemyError):
+            err.print(f"error: {StorageError(mask_url(str(exc).splitlines()[0]))}")
+            return 2
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""One search trial: sample a config, train it with Lightning, report per-task validation metrics.
+
+Early stopping and the reported epoch use one score, the mean of the direction-signed objective
+metrics (AUC as is, RMSE negated), so every task's value comes from the same model. Test metrics
+of that epoch are stored for reporting and never used for selection.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import optuna
+import pytorch_lightning as pl
+import torch
+
+from ple_search.data import Dataset, PLEDataModule, Split
+from ple_search.data.batches import EVAL_BATCH_SIZE, TensorBatches
+from ple_search.data.schema import Task
+from ple_search.errors import ConfigError, TrialFailed
+from ple_search.metrics import task_metrics
+from ple_search.module import PLEModule
+from ple_search.space import SearchSpace
+
+EpochHook = Callable[[int, int, int, dict[str, float]], None]
+
+
+def quiet_libraries() -> None:
+    """Lightning's per-trainer banners and Optuna's per-trial logs are noise beside our display."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+
+
+def score(metrics: dict[str, float], objectives: Sequence[Task]) -> float:
+    """Mean of direction-signed objective metrics; -inf when any is undefined."""
+    signed = [metrics[t.name] if t.direction == "maximize" else -metrics[t.name] for t in objectives]
+    return -math.inf if any(math.isnan(v) for v in signed) else sum(signed) / len(signed)
+
+
+class EpochRecorder(pl.Callback):
+    """Records each epoch's validation metrics, keeps the best epoch's weights in memory and stops
+    the run after ``patience`` epochs without improvement."""
+
+    def __init__(self, objectives: Sequence[Task], patience: int, hook: EpochHook | None = None) -> None:
+        self.objectives, self.patience, self.hook = list(objectives), patience, hook
+        self.curve: list[dict[str, float]] = []
+        self.best_score, self.best_epoch, self.best_state, self.wait = -math.inf, -1, None, 0
+
+    def on_validation_end(self, trainer: pl.Trainer, module: PLEModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = dict(module.last_metrics["val"])
+        self.curve.append(metrics)
+        epoch = len(self.curve) - 1
+        current = score(metrics, self.objectives)
+        if current > self.best_score:
+            self.best_score, self.best_epoch, self.wait = current, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                trainer.should_stop = True
+        if self.hook is not None:
+            self.hook(epoch, trainer.max_epochs, self.best_epoch, metrics)
+
+
+@torch.no_grad()
+def evaluate(module: PLEModule, split: Split, batch_size: int = EVAL_BATCH_SIZE) -> dict[str, float]:
+    """Per-task metrics of ``module`` on a whole split."""
+    module.eval()
+    outputs = [module(cat.to(module.device), num.to(module.device)).cpu() for cat, num, _ in TensorBatches(split, batch_size)]
+    return task_metrics(torch.cat(outputs), split.labels.cpu(), module.schema.tasks)
+
+
+@dataclass
+class TrialSettings:
+    """What every trial of a run shares."""
+
+    objectives: list[Task]
+    max_epochs: int
+    patience: int
+    seed: int = 0
+    accelerator: str = "cpu"
+
+
+def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback]) -> pl.Trainer:
+    """A trainer with every per-step extra off: no checkpoints, loggers, bars or summaries."""
+    return pl.Trainer(
+        max_epochs=settings.max_epochs,
+        accelerator=settings.accelerator,
+        devices=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+    )
+
+
+def train_config(
+    hparams: dict[str, Any], dataset: Dataset, settings: TrialSettings, seed: int, hook: EpochHook | None = None
+) -> tuple[PLEModule, EpochRecorder, float]:
+    """Train one config to its best validation epoch; returns the module (best weights loaded),
+    the recorder and the training seconds."""
+    pl.seed_everything(seed, verbose=False)
+    try:
+        module = PLEModule(dataset.schema, hparams)
+    except ConfigError as exc:
+        raise TrialFailed(f"config cannot be built: {exc}") from None
+    recorder = EpochRecorder(settings.objectives, settings.patience, hook)
+    data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
+    start = time.perf_counter()
+    make_trainer(settings, [recorder]).fit(module, data)
+    seconds = time.perf_counter() - start
+    if recorder.best_state is None:
+        raise TrialFailed("no epoch produced defined validation metrics")
+    module.load_state_dict(recorder.best_state)
+    return module, recorder, seconds
+
+
+def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, hook: EpochHook | None = None) -> list[float]:
+    """Train the trial's config and store its curves, test metrics, size and time as user attributes."""
+    hparams = space.sample(trial)
+    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook)
+    best = recorder.curve[recorder.best_epoch]
+    trial.set_user_attr("hparams", module.config)
+    trial.set_user_attr("val_curve", recorder.curve)
+    trial.set_user_attr("val", best)
+    trial.set_user_attr("test", evaluate(module, dataset.test))
+    trial.set_user_attr("best_epoch", recorder.best_epoch + 1)
+    trial.set_user_attr("epochs_run", len(recorder.curve))
+    trial.set_user_attr("n_params", sum(p.numel() for p in module.parameters()))
+    trial.set_user_attr("train_seconds", round(seconds, 3))
+    values = [best[t.name] for t in settings.objectives]
+    if any(math.isnan(v) for v in values):
+        raise TrialFailed(f"undefined validation metric at the best epoch: {best}")
+    return values

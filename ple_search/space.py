@@ -1,0 +1,264 @@
+"""Search spaces as YAML: parse, validate before any trial, and sample PLE hyperparameter dicts.
+
+```yaml
+dataset: {name: census, options: {tasks: [income, marital]}}   # or synthetic, or a spec path
+objectives: [income, marital]      # optional: tasks to optimise (default all), metric from the schema
+sampler: {name: tpe, seed: 0}      # tpe | nsga2 | nsga3 | gp | random
+budget: {max_epochs: 10, patience: 2}
+fixed: {optimizer: adam}
+params:
+  levels: {type: int, low: 1, high: 3}
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  expert_hidden: {type: categorical, choices: [[16], [64, 32]]}
+  dwa_temperature: {type: float, low: 0.5, high: 5, when: {loss_weighting: [dwa]}}
+enqueue:                           # optional: configs tried first (e.g. the paper's)
+  - {levels: 1, experts_per_task: 3, shared_experts: 2}
+```
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import optuna
+import yaml
+
+from ple_search.errors import ConfigError
+from ple_search.hparams import DEFAULTS, model_hparams, resolve_hparams
+from ple_search.model import PLE
+
+TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue"}
+PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
+SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
+BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
+
+
+@dataclass
+class Param:
+    """One searched key: ``int``/``float`` range (``log``, ``step``) or ``categorical`` choices,
+    sampled only when every ``when`` condition (key -> allowed values) holds."""
+
+    name: str
+    type: str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list[Any] = field(default_factory=list)
+    when: dict[str, list[Any]] = field(default_factory=dict)
+
+    def candidates(self) -> list[Any]:
+        """Values that stand for the whole range in validation: the bounds, or every choice."""
+        return list(self.choices) if self.type == "categorical" else [self.low, self.high]
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.type == "int":
+            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log, step=int(self.step or 1))
+        if self.type == "float":
+            return trial.suggest_float(self.name, float(self.low), float(self.high), log=self.log, step=self.step)
+        labels = [encode(c) for c in self.choices]
+        return decode(trial.suggest_categorical(self.name, labels))
+
+
+def encode(value: Any) -> Any:
+    """Optuna stores only scalar choices: lists (layer widths) travel as JSON strings."""
+    return json.dumps(value) if isinstance(value, (list, tuple)) else value
+
+
+def decode(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) and value.startswith("[") else value
+
+
+@dataclass
+class SearchSpace:
+    """A validated search space file."""
+
+    path: str
+    dataset: dict[str, Any]
+    objectives: list[str] | None
+    sampler: dict[str, Any]
+    budget: dict[str, int]
+    fixed: dict[str, Any]
+    params: list[Param]
+    enqueue: list[dict[str, Any]]
+    raw: dict[str, Any]
+
+    def sample(self, trial: optuna.Trial) -> dict[str, Any]:
+        """The full hyperparameter dict for ``trial``: fixed values plus sampled ones."""
+        values = dict(self.fixed)
+        for param in self.params:
+            if all(values.get(key, DEFAULTS.get(key)) in allowed for key, allowed in param.when.items()):
+                values[param.name] = param.suggest(trial)
+        return values
+
+    def make_sampler(self, name: str | None = None, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        """The sampler the file names, unless ``name``/``seed`` override it."""
+        name = name or self.sampler["name"]
+        seed = self.sampler.get("seed") if seed is None else seed
+        if name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+        if name == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed)
+        if name == "nsga3":
+            return optuna.samplers.NSGAIIISampler(seed=seed)
+        if name == "gp":
+            return optuna.samplers.GPSampler(seed=seed)
+        if name == "random":
+            return optuna.samplers.RandomSampler(seed=seed)
+        raise ConfigError(f"{self.path}: sampler '{name}' is not one of {list(SAMPLERS)}")
+
+    def enqueue_params(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """An ``enqueue`` entry as Optuna trial params (searched keys only, lists encoded)."""
+        return {p.name: encode(config[p.name]) for p in self.params if p.name in config}
+
+
+def _fail(path: str, key: str, problem: str) -> ConfigError:
+    return ConfigError(f"{path}: key '{key}': {problem}")
+
+
+def _check_value(path: str, key: str, value: Any) -> None:
+    try:
+        hp = resolve_hparams({key: value})
+        PLE.from_hparams(4, 2, model_hparams(hp))
+    except ConfigError as exc:
+        raise _fail(path, key, str(exc)) from None
+
+
+def _parse_param(path: str, name: str, spec: Any) -> Param:
+    if not isinstance(spec, dict):
+        raise _fail(path, f"params.{name}", "must be a mapping with 'type' (int, float or categorical)")
+    unknown = sorted(set(spec) - PARAM_KEYS)
+    if unknown:
+        raise _fail(path, f"params.{name}", f"unknown field '{unknown[0]}'; allowed: {sorted(PARAM_KEYS)}")
+    kind = spec.get("type")
+    when = spec.get("when") or {}
+    if not isinstance(when, dict):
+        raise _fail(path, f"params.{name}.when", "must map a key to the value(s) it must have")
+    when = {k: v if isinstance(v, list) else [v] for k, v in when.items()}
+    if kind == "categorical":
+        choices = spec.get("choices")
+        if not isinstance(choices, list) or not choices:
+            raise _fail(path, f"params.{name}", "categorical needs a non-empty list of 'choices'")
+        return Param(name, kind, choices=choices, when=when)
+    if kind not in ("int", "float"):
+        raise _fail(path, f"params.{name}", f"type {kind!r} must be int, float or categorical")
+    low, high = spec.get("low"), spec.get("high")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise _fail(path, f"params.{name}", "needs numeric 'low' and 'high'")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise _fail(path, f"params.{name}", "int range needs integer 'low' and 'high'")
+    if low > high:
+        raise _fail(path, f"params.{name}", f"low ({low}) > high ({high})")
+    log = bool(spec.get("log", False))
+    if log and low <= 0:
+        raise _fail(path, f"params.{name}", f"log scale needs low > 0 (got {low})")
+    if log and spec.get("step") is not None:
+        raise _fail(path, f"params.{name}", "'step' cannot be combined with 'log'")
+    return Param(name, kind, low=low, high=high, log=log, step=spec.get("step"), when=when)
+
+
+def _possible(space_fixed: dict[str, Any], params: dict[str, Param], key: str) -> list[Any]:
+    if key in params:
+        return params[key].candidates()
+    return [space_fixed.get(key, DEFAULTS[key])]
+
+
+def _conditions_first(path: str, params: dict[str, Param]) -> list[Param]:
+    """Params in file order, except that a conditional one follows the keys it depends on."""
+    ordered: list[Param] = []
+    pending = list(params.values())
+    while pending:
+        ready = [p for p in pending if all(k not in params or params[k] in ordered for k in p.when)]
+        if not ready:
+            raise _fail(path, f"params.{pending[0].name}.when", "conditions form a cycle")
+        ordered.append(ready[0])
+        pending.remove(ready[0])
+    return ordered
+
+
+def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
+    """Validate a loaded YAML document; every problem is a ``ConfigError`` naming file and key."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a search space must be a mapping with keys {sorted(TOP_KEYS)}")
+    unknown = sorted(set(raw) - TOP_KEYS)
+    if unknown:
+        raise _fail(path, unknown[0], f"unknown key; allowed: {sorted(TOP_KEYS)}")
+    dataset = raw.get("dataset")
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
+        raise _fail(path, "dataset", "needs 'name' (census, synthetic or a dataset spec path)")
+    dataset = {"name": dataset["name"], "options": dict(dataset.get("options") or {})}
+    objectives = raw.get("objectives")
+    if objectives is not None and (not isinstance(objectives, list) or not objectives):
+        raise _fail(path, "objectives", "must be a non-empty list of task names")
+    sampler = raw.get("sampler") or {"name": "tpe"}
+    if isinstance(sampler, str):
+        sampler = {"name": sampler}
+    if sampler.get("name") not in SAMPLERS:
+        raise _fail(path, "sampler", f"name {sampler.get('name')!r} must be one of {list(SAMPLERS)}")
+    budget = {**BUDGET_DEFAULTS, **(raw.get("budget") or {})}
+    for key, value in budget.items():
+        if key not in BUDGET_DEFAULTS:
+            raise _fail(path, f"budget.{key}", f"unknown; allowed: {sorted(BUDGET_DEFAULTS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(path, f"budget.{key}", f"must be an integer >= 1, got {value!r}")
+    fixed = dict(raw.get("fixed") or {})
+    params_raw = raw.get("params") or {}
+    if not isinstance(params_raw, dict):
+        raise _fail(path, "params", "must map hyperparameter names to ranges")
+    for key in [*fixed, *params_raw]:
+        if key not in DEFAULTS:
+            raise _fail(path, key, f"unknown hyperparameter; allowed: {', '.join(DEFAULTS)}")
+    both = sorted(set(fixed) & set(params_raw))
+    if both:
+        raise _fail(path, both[0], "is both fixed and searched; keep one")
+    params = {name: _parse_param(path, name, spec) for name, spec in params_raw.items()}
+    for name, value in fixed.items():
+        _check_value(path, name, value)
+    for param in params.values():
+        for key in param.when:
+            if key not in fixed and key not in params:
+                raise _fail(path, f"params.{param.name}.when", f"condition on '{key}', which is neither searched nor fixed")
+        for value in param.candidates():
+            _check_value(path, param.name, int(value) if param.type == "int" else value)
+    if max(_possible(fixed, params, "experts_per_task")) + max(_possible(fixed, params, "shared_experts")) == 0:
+        raise _fail(path, "experts_per_task", "impossible space: 'experts_per_task' and 'shared_experts' are always 0")
+    enqueue = raw.get("enqueue") or []
+    space = SearchSpace(path, dataset, objectives, sampler, budget, fixed, _conditions_first(path, params), enqueue, raw)
+    for i, config in enumerate(enqueue):
+        _check_enqueued(space, i, config)
+    return space
+
+
+def _check_enqueued(space: SearchSpace, index: int, config: Any) -> None:
+    key = f"enqueue[{index}]"
+    if not isinstance(config, dict):
+        raise _fail(space.path, key, "must be a mapping of searched hyperparameters")
+    params = {p.name: p for p in space.params}
+    for name, value in config.items():
+        if name not in params:
+            raise _fail(space.path, f"{key}.{name}", "is not a searched hyperparameter of this space")
+        p = params[name]
+        inside = (encode(value) in [encode(c) for c in p.choices]) if p.type == "categorical" else p.low <= value <= p.high
+        if not inside:
+            raise _fail(space.path, f"{key}.{name}", f"value {value!r} lies outside the searched range")
+    try:
+        PLE.from_hparams(4, 2, model_hparams(resolve_hparams({**space.fixed, **config})))
+    except ConfigError as exc:
+        raise _fail(space.path, key, str(exc)) from None
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search space file (``yaml.safe_load``)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: search space file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read search space: {exc}") from None
+    return parse_space(raw, str(path))

@@ -1,0 +1,26 @@
+"""Test helpers: tiny deterministic datasets."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ple_search.data.dataset import Dataset, Split
+from ple_search.data.preprocess import Preprocessor
+from ple_search.data.schema import Schema, Task
+
+
+def make_dataset(n: int = 300, types: tuple[str, ...] = ("binary", "binary"), seed: int = 0) -> Dataset:
+    """Two categorical features (vocab 5), three numeric ones, tasks of the given types."""
+    rng = np.random.default_rng(seed)
+    cat = rng.integers(0, 5, size=(n, 2))
+    num = rng.standard_normal((n, 3)).astype(np.float32)
+    signal = num[:, 0] + 0.5 * (cat[:, 0] == 2) - 0.5 * num[:, 1]
+    labels = []
+    for k, kind in enumerate(types):
+        z = signal + (0.3 * k) * num[:, 2] + 0.3 * rng.standard_normal(n)
+        labels.append((z > 0).astype(np.float32) if kind == "binary" else z.astype(np.float32))
+    y = np.stack(labels, 1)
+    cut1, cut2 = int(n * 0.6), int(n * 0.8)
+    splits = [Split.from_numpy(cat[a:b], num[a:b], y[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, n))]
+    schema = Schema(("c0", "c1"), (5, 5), ("n0", "n1", "n2"), tuple(Task(f"t{k}", t) for k, t in enumerate(types)))
+    return Dataset(schema, *splits, Preprocessor(), {"source": "test"})

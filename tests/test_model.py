@@ -1,0 +1,168 @@
+"""PLE routing, initialisation, special cases and validation."""
+
+import pytest
+import torch
+
+from ple_search.model import PLE, GroupedLinear
+
+CONFIGS = [
+    dict(levels=2, experts_per_task=3, shared_experts=2),
+    dict(levels=1, experts_per_task=3, shared_experts=2),  # CGC
+    dict(levels=3, experts_per_task=2, shared_experts=1, expert_hidden=(12, 6), gate_hidden=(5,)),
+    dict(levels=2, experts_per_task=0, shared_experts=3),  # multi-level MMoE
+    dict(levels=1, experts_per_task=0, shared_experts=1),  # shared-bottom
+    dict(levels=2, experts_per_task=2, shared_experts=0),  # no sharing at all
+    dict(levels=2, experts_per_task=1, shared_experts=1, tower_hidden=()),
+]
+
+
+def _linears(mlp):
+    return [m for m in mlp.layers if isinstance(m, GroupedLinear)]
+
+
+def _run_stack(mlp, group, h, final_activation):
+    layers = _linears(mlp)
+    for i, lin in enumerate(layers):
+        h = h @ lin.weight[group] + lin.bias[group, 0]
+        if final_activation or i < len(layers) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
+    """Per-expert reference with explicit indexing: task k's expert p is ``k * P + p``."""
+    t = model.num_tasks
+    task_in, shared_in = [x] * t, x
+    for level in model.levels:
+        p, s, h = level.p, level.s, level.h
+        shared_experts, task_out = [], []
+        if s:
+            w, b = level.shared_first_weight, level.shared_first_bias
+            for j in range(s):
+                first = torch.relu(shared_in @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
+                shared_experts.append(_run_stack(level.shared_expert_stack, j, first, True))
+        all_task_experts = []
+        for k in range(t):
+            experts = []
+            if level.task_first is not None:
+                w, b = level.task_first.weight[k], level.task_first.bias[k, 0]
+                for j in range(p):
+                    first = torch.relu(task_in[k] @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
+                    experts.append(_run_stack(level.task_experts, k * p + j, first, True))
+            all_task_experts += experts
+            candidates = experts + shared_experts
+            if level.task_gate_size:
+                logits = task_in[k] @ w[:, p * h :] + b[p * h :]
+                if level.task_gates is not None:
+                    logits = _run_stack(level.task_gates, k, torch.relu(logits), False)
+                gate = torch.softmax(logits, -1)
+                task_out.append(sum(gate[:, [e]] * out for e, out in enumerate(candidates)))
+            else:
+                task_out.append(candidates[0])
+        if level.has_shared_out:
+            everything = all_task_experts + shared_experts
+            if level.shared_gate_size:
+                w, b = level.shared_first_weight, level.shared_first_bias
+                logits = shared_in @ w[:, s * h :] + b[s * h :]
+                if level.shared_gate is not None:
+                    logits = _run_stack(level.shared_gate, 0, torch.relu(logits), False)
+                gate = torch.softmax(logits, -1)
+                shared_in = sum(gate[:, [e]] * out for e, out in enumerate(everything))
+            else:
+                shared_in = everything[0]
+        task_in = task_out
+    return torch.cat([_run_stack(model.towers, k, task_in[k], False) for k in range(t)], dim=1)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("num_tasks", [1, 2, 3])
+def test_batched_forward_matches_per_expert_reference(config, num_tasks):
+    torch.manual_seed(0)
+    model = PLE(10, num_tasks, **config)
+    x = torch.randn(17, 10)
+    out = model(x)
+    assert out.shape == (17, num_tasks)
+    torch.testing.assert_close(out, naive_forward(model, x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+@pytest.mark.parametrize("num_tasks", [1, 3])
+def test_every_parameter_receives_gradient(config, num_tasks):
+    torch.manual_seed(1)
+    model = PLE(10, num_tasks, **config, activation="tanh")  # no dead ReLU units: this tests wiring
+    model(torch.randn(64, 10)).sum().backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_cgc_gradient_of_a_task_stays_in_its_own_experts_gate_and_tower():
+    torch.manual_seed(2)
+    t, p, s, h = 3, 3, 2, 16
+    model = PLE(10, t, levels=1, experts_per_task=p, shared_experts=s, expert_hidden=(h,))
+    level = model.levels[0]
+    x = torch.randn(128, 10)
+    for k in range(t):
+        model.zero_grad()
+        model(x)[:, k].sum().backward()
+        task_grad = level.task_first.weight.grad
+        tower_grads = [lin.weight.grad for lin in _linears(model.towers)]
+        for other in range(t):
+            if other == k:
+                continue
+            assert torch.all(task_grad[other] == 0), f"task {k} leaks into task {other}'s experts/gate"
+            assert all(torch.all(g[other] == 0) for g in tower_grads)
+        for j in range(p):  # each of task k's own experts, including the last one PaddleRec never trains
+            assert task_grad[k][:, j * h : (j + 1) * h].abs().sum() > 0, f"task {k} expert {j} gets no gradient"
+        assert task_grad[k][:, p * h :].abs().sum() > 0, "task gate gets no gradient"
+        for j in range(s):
+            assert level.shared_first_weight.grad[:, j * h : (j + 1) * h].abs().sum() > 0
+
+
+def test_random_initialisation_breaks_symmetry():
+    torch.manual_seed(3)
+    model = PLE(10, 2, levels=1, experts_per_task=3, shared_experts=2)
+    w = model.levels[0].task_first.weight[0]
+    experts = [w[:, j * 16 : (j + 1) * 16] for j in range(3)]
+    assert not torch.allclose(experts[0], experts[1]) and not torch.allclose(experts[1], experts[2])
+    assert w.std() > 0.05
+    logits = torch.randn(32, 10) @ w[:, 48:]
+    gate = torch.softmax(logits, -1)
+    assert not torch.allclose(gate, torch.full_like(gate, 1 / 5), atol=1e-3), "gates start uniform"
+
+
+def test_special_cases_have_expected_structure():
+    shared_bottom = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=1)
+    level = shared_bottom.levels[0]
+    assert level.task_first is None and level.task_gate_size == 0  # no task experts, no gates
+    mmoe = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=4)
+    assert mmoe.levels[0].task_gate_size == 4 and mmoe.levels[0].task_experts is None
+    single = PLE(10, 1, levels=2)
+    assert single(torch.randn(4, 10)).shape == (4, 1)
+    two_level = PLE(10, 2, levels=2)
+    assert two_level.levels[0].shared_gate_size == 8 and two_level.levels[1].shared_gate_size == 0
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        (dict(levels=0), "levels"),
+        (dict(experts_per_task=0, shared_experts=0), "experts_per_task"),
+        (dict(expert_hidden=()), "expert_hidden"),
+        (dict(expert_hidden=(16, 0)), "expert_hidden"),
+        (dict(tower_hidden=(-1,)), "tower_hidden"),
+        (dict(gate_hidden=("a",)), "gate_hidden"),
+        (dict(activation="swish2"), "activation"),
+        (dict(dropout=1.0), "dropout"),
+        (dict(shared_experts=-1), "shared_experts"),
+    ],
+)
+def test_invalid_hyperparameters_name_the_key(kwargs, key):
+    with pytest.raises(ValueError, match=key):
+        PLE(10, 2, **kwargs)
+
+
+def test_from_hparams_rejects_unknown_keys():
+    model = PLE.from_hparams(10, 2, {"levels": 1, "expert_hidden": [8]})
+    assert len(model.levels) == 1
+    with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
+        PLE.from_hparams(10, 2, {"lr": 0.1})

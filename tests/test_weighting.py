@@ -1,0 +1,103 @@
+"""Each loss-weighting scheme shows its defining behaviour."""
+
+import pytest
+import torch
+
+from helpers import make_dataset
+from ple_search import PLEModule
+from ple_search.model import PLE
+from ple_search.weighting import SCHEMES, make_weighting
+
+TASKS = ["a", "b"]
+
+
+def scheme(name, **hparams):
+    return make_weighting(name, TASKS, hparams, PLE(4, 2, levels=1))
+
+
+def test_equal_and_fixed_weights():
+    losses = torch.tensor([1.0, 3.0])
+    assert scheme("equal")(losses, None) == 4.0
+    assert scheme("fixed", task_weights={"a": 2.0, "b": 0.5})(losses, None) == 3.5
+    with pytest.raises(ValueError, match="unknown task 'c'"):
+        scheme("fixed", task_weights={"c": 1.0})
+
+
+def test_scheduled_weights_follow_w0_gamma_to_the_epoch():
+    s = scheme("scheduled", task_weights=[1.0, 2.0], schedule_gamma=[0.5, 1.0])
+    for epoch in range(3):
+        s.epoch_end(epoch, torch.ones(2))
+    assert torch.allclose(s.weights(), torch.tensor([0.125, 2.0]))
+
+
+def test_dwa_raises_weight_of_slowest_falling_loss():
+    s = scheme("dwa", dwa_temperature=2.0)
+    s.epoch_end(0, torch.tensor([1.0, 1.0]))
+    assert torch.equal(s.weights(), torch.ones(2))  # needs two epochs of history
+    s.epoch_end(1, torch.tensor([0.5, 0.95]))  # task a halves, task b barely moves
+    w = s.weights()
+    assert w[1] > w[0] and torch.isclose(w.sum(), torch.tensor(2.0))
+
+
+def _toy_regression(noise, n=2000, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 4, generator=g)
+    clean = x @ torch.tensor([1.0, -1.0, 0.5, 0.0])
+    y = torch.stack([clean + noise[k] * torch.randn(n, generator=g) for k in range(2)], 1)
+    return x, y
+
+
+def test_uncertainty_gives_the_noisier_task_the_smaller_weight():
+    torch.manual_seed(0)
+    x, y = _toy_regression(noise=[0.1, 2.0])
+    s = scheme("uncertainty")
+    model = PLE(4, 2, levels=1, experts_per_task=1, shared_experts=1)
+    opt = torch.optim.Adam([*model.parameters(), *s.parameters()], lr=0.03)
+    for _ in range(300):
+        losses = ((model(x) - y) ** 2).mean(0)
+        opt.zero_grad()
+        s(losses, model).backward()
+        opt.step()
+    weights = s.weights()
+    assert s.log_vars[1] > s.log_vars[0] + 1.0 and weights[1] < weights[0] / 3
+
+
+def _gradient_norm_spread(name):
+    torch.manual_seed(0)
+    x, y = _toy_regression(noise=[0.1, 0.1])
+    y = y * torch.tensor([1.0, 10.0])  # task b's loss, and its gradients, are far larger
+    model = PLE(4, 2, levels=1, experts_per_task=1, shared_experts=2)
+    s = make_weighting(name, TASKS, {"gradnorm_alpha": 0.5}, model)
+    opt = torch.optim.Adam([*model.parameters(), *s.parameters()], lr=0.01)
+    for _ in range(200):
+        losses = ((model(x) - y) ** 2).mean(0)
+        opt.zero_grad()
+        s(losses, model).backward()
+        opt.step()
+    losses = ((model(x) - y) ** 2).mean(0)
+    norms = torch.stack([
+        torch.autograd.grad(s.weights()[k] * losses[k], model.last_shared_layer(), retain_graph=True)[0].norm()
+        for k in range(2)
+    ])
+    return float(norms.max() / norms.min()), s.weights()
+
+
+def test_gradnorm_brings_per_task_gradient_norms_together():
+    equal_spread, _ = _gradient_norm_spread("equal")
+    gradnorm_spread, weights = _gradient_norm_spread("gradnorm")
+    assert gradnorm_spread < equal_spread / 3
+    assert weights[0] > weights[1] and torch.isclose(weights.sum(), torch.tensor(2.0), atol=0.05)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEMES))
+def test_every_scheme_trains_inside_the_module(name):
+    import pytorch_lightning as pl
+
+    from ple_search.data import PLEDataModule
+
+    data = make_dataset()
+    module = PLEModule(data.schema, {"loss_weighting": name, "task_weights": [1.0, 2.0]} if name in ("fixed", "scheduled") else {"loss_weighting": name})
+    pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+               enable_model_summary=False, num_sanity_val_steps=0).fit(module, PLEDataModule(data, 64))
+    assert torch.isfinite(module.weighting.weights()).all()
+    assert all(0.0 <= v <= 1.0 for v in module.last_metrics["val"].values())
