@@ -109,15 +109,27 @@ class GroupedMLP(nn.Module):
         return self.layers(x)
 
 
+class DenseLinear(nn.Module):
+    """``[B, in] -> [B, out]`` with the weight stored ``[in, out]`` like ``GroupedLinear``'s groups,
+    so level 0 can concatenate every first layer into one matmul."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = _uniform((in_features, out_features), in_features)
+        self.bias = _uniform((out_features,), in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.addmm(self.bias, x, self.weight)
+
+
 class Level(nn.Module):
     """One extraction level: per-task experts, shared experts, task gates and a shared gate.
 
-    The first layer of a task's experts and its gate read the same input, so they share one
-    weight tensor per task (``task_first``, one group per task); likewise the shared experts and
-    the shared gate (``shared_first``). Expert ``p`` of task ``k`` owns columns
-    ``[p*h, (p+1)*h)`` of ``task_first.weight[k]``, shared expert ``s`` owns columns
-    ``[s*h, (s+1)*h)`` of ``shared_first_weight``; deeper expert layers are stacked in the order
-    task 0's experts, task 1's experts, ..., so task k's expert p is index ``k*P + p``.
+    Expert activations are kept expert-major, ``[E, B, d]`` with task k's expert p at index
+    ``k*P + p`` and the shared experts last, so deeper expert layers are one ``bmm``. First layers:
+    ``task_expert_in`` (one group per task, columns ``[p*h, (p+1)*h)`` for expert p),
+    ``shared_expert_in``, ``task_gate_in`` and ``shared_gate_in``. At level 0 every branch reads
+    the same input and all four run as one matmul over their concatenated weights.
     """
 
     def __init__(
@@ -136,110 +148,98 @@ class Level(nn.Module):
         t, p, s = num_tasks, experts_per_task, shared_experts
         self.t, self.p, self.s = t, p, s
         self.h = expert_hidden[0]
-        self.out_dim = expert_hidden[-1]
         self.activation = ACTIVATIONS[activation]()
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # A gate over a single expert is the identity: it is left out rather than kept untrainable.
         self.task_gate_size = p + s if p + s > 1 else 0
         self.shared_gate_size = t * p + s if shared_gate and t * p + s > 1 else 0
         self.has_shared_out = shared_gate
-        self.task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
-        self.shared_gate_first = (
-            (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
-        )
-        task_width = p * self.h + self.task_gate_first
-        shared_width = s * self.h + self.shared_gate_first
-        self.task_first = GroupedLinear(t, in_dim, task_width) if task_width else None
-        if shared_width:
-            self.shared_first_weight = _uniform((in_dim, shared_width), in_dim)
-            self.shared_first_bias = _uniform((shared_width,), in_dim)
-        else:
-            self.shared_first_weight = self.shared_first_bias = None
-        rest = list(expert_hidden)
-        self.task_experts = GroupedMLP(t * p, rest, activation, dropout, True) if p else None
-        self.shared_expert_stack = GroupedMLP(s, rest, activation, dropout, True) if s else None
-        self.task_gates = (
-            GroupedMLP(t, [*gate_hidden, p + s], activation, 0.0, False)
-            if self.task_gate_size and gate_hidden
-            else None
-        )
-        self.shared_gate = (
-            GroupedMLP(1, [*gate_hidden, t * p + s], activation, 0.0, False)
-            if self.shared_gate_size and gate_hidden
-            else None
-        )
+        task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
+        shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
+        self.task_expert_in = GroupedLinear(t, in_dim, p * self.h) if p else None
+        self.shared_expert_in = DenseLinear(in_dim, s * self.h) if s else None
+        self.task_gate_in = GroupedLinear(t, in_dim, task_gate_first) if task_gate_first else None
+        self.shared_gate_in = DenseLinear(in_dim, shared_gate_first) if shared_gate_first else None
+        self.task_experts = GroupedMLP(t * p, list(expert_hidden), activation, dropout, True) if p else None
+        self.shared_expert_stack = GroupedMLP(s, list(expert_hidden), activation, dropout, True) if s else None
+        self.task_gates = GroupedMLP(t, [*gate_hidden, p + s], activation, 0.0, False) if task_gate_first and gate_hidden else None
+        self.shared_gate = GroupedMLP(1, [*gate_hidden, t * p + s], activation, 0.0, False) if shared_gate_first and gate_hidden else None
 
-    def first_layer(
-        self, task_in: Tensor | None, shared_in: Tensor | None
-    ) -> tuple[Tensor | None, Tensor | None]:
-        """First layer of every expert and gate: ``[T, B, task_width]`` and ``[B, shared_width]``.
+    def _parts(self) -> list[tuple[str, nn.Module | None]]:
+        return [
+            ("task_experts", self.task_expert_in),
+            ("shared_experts", self.shared_expert_in),
+            ("task_gates", self.task_gate_in),
+            ("shared_gate", self.shared_gate_in),
+        ]
+
+    def first_layers(self, task_in: Tensor | None, shared_in: Tensor | None) -> dict[str, Tensor]:
+        """Raw first-layer outputs: task parts ``[T, B, w]``, shared parts ``[B, w]``.
 
         ``task_in is None`` means every branch reads ``shared_in`` (level 0): one fused matmul.
         """
-        if task_in is None:
-            weights, biases = [], []
-            if self.task_first is not None:
-                w = self.task_first.weight
+        if task_in is not None:
+            return {
+                name: (layer(task_in) if isinstance(layer, GroupedLinear) else layer(shared_in))
+                for name, layer in self._parts()
+                if layer is not None
+            }
+        present = [(name, layer) for name, layer in self._parts() if layer is not None]
+        weights, biases, widths = [], [], []
+        for _, layer in present:
+            w = layer.weight
+            if isinstance(layer, GroupedLinear):  # [T, in, w] -> [in, T*w], task-major columns
                 weights.append(w.permute(1, 0, 2).reshape(w.shape[1], -1))
-                biases.append(self.task_first.bias.reshape(-1))
-            if self.shared_first_weight is not None:
-                weights.append(self.shared_first_weight)
-                biases.append(self.shared_first_bias)
-            fused = torch.addmm(torch.cat(biases), shared_in, torch.cat(weights, dim=1))
-            split = self.t * self.task_first.weight.shape[2] if self.task_first is not None else 0
-            task_h = fused[:, :split].unflatten(1, (self.t, -1)).transpose(0, 1) if split else None
-            shared_h = fused[:, split:] if self.shared_first_weight is not None else None
-            return task_h, shared_h
-        task_h = self.task_first(task_in) if self.task_first is not None else None
-        shared_h = (
-            torch.addmm(self.shared_first_bias, shared_in, self.shared_first_weight)
-            if self.shared_first_weight is not None
-            else None
-        )
-        return task_h, shared_h
+                biases.append(layer.bias.reshape(-1))
+            else:
+                weights.append(w)
+                biases.append(layer.bias)
+            widths.append(weights[-1].shape[1])
+        # torch.split, not slicing: its backward is one concatenation, not zero-fills plus copies.
+        fused = torch.addmm(torch.cat(biases), shared_in, torch.cat(weights, dim=1)).split(widths, dim=1)
+        out = {}
+        for (name, layer), part in zip(present, fused):
+            out[name] = part.unflatten(1, (self.t, -1)).transpose(0, 1) if isinstance(layer, GroupedLinear) else part
+        return out
 
-    def _experts(self, first: Tensor, groups: int, count: int, stack: GroupedMLP) -> Tensor:
-        """Finish ``groups * count`` experts from their first-layer columns: ``[G*count, B, d]``."""
-        h = self.dropout(self.activation(first[..., : count * self.h]))
-        if groups == 0:  # shared branch: [B, S*h]
-            h = h.unflatten(1, (count, self.h)).transpose(0, 1)
-        else:  # task branch: [T, B, P*h] -> [T*P, B, h]
-            h = h.unflatten(2, (count, self.h)).permute(0, 2, 1, 3).reshape(-1, h.shape[1], self.h)
-        return stack(h)
-
-    @staticmethod
-    def _gate(first: Tensor, start: int, mlp: GroupedMLP | None, activation: nn.Module) -> Tensor:
-        logits = first[..., start:]
+    def _gate(self, logits: Tensor, mlp: GroupedMLP | None) -> Tensor:
+        """Softmax gate weights, expert-major: ``[..., E, B, 1]`` from logits ``[..., B, w]``."""
         if mlp is not None:
-            logits = mlp(activation(logits))
-        return torch.softmax(logits, dim=-1)
+            logits = mlp(self.activation(logits))
+        return torch.softmax(logits, dim=-1).transpose(-1, -2).unsqueeze(-1)
 
-    def forward(
-        self, task_in: Tensor | None, shared_in: Tensor | None
-    ) -> tuple[Tensor, Tensor | None]:
+    def forward(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Return task outputs ``[T, B, d]`` and the shared output ``[B, d]`` (None at the last level)."""
-        t, p, s = self.t, self.p, self.s
-        task_h, shared_h = self.first_layer(task_in, shared_in)
-        task_experts = self._experts(task_h, t, p, self.task_experts) if p else None
-        shared_experts = self._experts(shared_h, 0, s, self.shared_expert_stack) if s else None
+        t, p, s, h = self.t, self.p, self.s, self.h
+        first = self.first_layers(task_in, shared_in)
+        task_experts = shared_experts = None
+        if p:  # [T, B, P*h] -> [T*P, B, h]
+            hidden = self.dropout(self.activation(first["task_experts"]))
+            hidden = hidden.unflatten(2, (p, h)).permute(0, 2, 1, 3).reshape(t * p, -1, h)
+            task_experts = self.task_experts(hidden).unflatten(0, (t, p))  # [T, P, B, d]
+        if s:  # [B, S*h] -> [S, B, h]
+            hidden = self.dropout(self.activation(first["shared_experts"]))
+            shared_experts = self.shared_expert_stack(hidden.unflatten(1, (s, h)).transpose(0, 1))
         if self.task_gate_size:
-            gate = self._gate(task_h, p * self.h, self.task_gates, self.activation)
+            gate = self._gate(first["task_gates"], self.task_gates)  # [T, P+S, B, 1]
             out = 0
             if p:
-                out = torch.einsum("tbp,tpbd->tbd", gate[..., :p], task_experts.unflatten(0, (t, p)))
+                out = (gate[:, :p] * task_experts).sum(1)
             if s:
-                out = out + torch.einsum("tbs,sbd->tbd", gate[..., p:], shared_experts)
+                out = out + (gate[:, p:] * shared_experts).sum(1)
         elif p:
-            out = task_experts
+            out = task_experts[:, 0]
         else:
             out = shared_experts.expand(t, -1, -1)
         if not self.has_shared_out:
             return out, None
-        experts = shared_experts if not p else torch.cat([task_experts, shared_experts])
-        if self.shared_gate_size:
-            shared_gate = self._gate(shared_h.unsqueeze(0), s * self.h, self.shared_gate, self.activation)
-            return out, torch.einsum("be,ebd->bd", shared_gate[0], experts)
-        return out, experts[0]
+        if not self.shared_gate_size:
+            return out, (task_experts.flatten(0, 1) if p else shared_experts)[0]
+        gate = self._gate(first["shared_gate"].unsqueeze(0), self.shared_gate)[0]  # [T*P+S, B, 1]
+        shared_out = (gate[t * p :] * shared_experts).sum(0)
+        if p:
+            shared_out = shared_out + (gate[: t * p] * task_experts.flatten(0, 1)).sum(0)
+        return out, shared_out
 
 
 class PLE(nn.Module):
@@ -319,7 +319,7 @@ class PLE(nn.Module):
             return None
         last = self.levels[-1]
         linears = [m for m in last.shared_expert_stack.layers if isinstance(m, GroupedLinear)]
-        return linears[-1].weight if linears else last.shared_first_weight
+        return linears[-1].weight if linears else last.shared_expert_in.weight
 
     def forward(self, x: Tensor) -> Tensor:
         task_in, shared_in = None, x

@@ -35,24 +35,21 @@ def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
     task_in, shared_in = [x] * t, x
     for level in model.levels:
         p, s, h = level.p, level.s, level.h
-        shared_experts, task_out = [], []
-        if s:
-            w, b = level.shared_first_weight, level.shared_first_bias
-            for j in range(s):
-                first = torch.relu(shared_in @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
-                shared_experts.append(_run_stack(level.shared_expert_stack, j, first, True))
-        all_task_experts = []
+        shared_experts, task_out, all_task_experts = [], [], []
+        for j in range(s):
+            w, b = level.shared_expert_in.weight, level.shared_expert_in.bias
+            first = torch.relu(shared_in @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
+            shared_experts.append(_run_stack(level.shared_expert_stack, j, first, True))
         for k in range(t):
             experts = []
-            if level.task_first is not None:
-                w, b = level.task_first.weight[k], level.task_first.bias[k, 0]
-                for j in range(p):
-                    first = torch.relu(task_in[k] @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
-                    experts.append(_run_stack(level.task_experts, k * p + j, first, True))
+            for j in range(p):
+                w, b = level.task_expert_in.weight[k], level.task_expert_in.bias[k, 0]
+                first = torch.relu(task_in[k] @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
+                experts.append(_run_stack(level.task_experts, k * p + j, first, True))
             all_task_experts += experts
             candidates = experts + shared_experts
             if level.task_gate_size:
-                logits = task_in[k] @ w[:, p * h :] + b[p * h :]
+                logits = task_in[k] @ level.task_gate_in.weight[k] + level.task_gate_in.bias[k, 0]
                 if level.task_gates is not None:
                     logits = _run_stack(level.task_gates, k, torch.relu(logits), False)
                 gate = torch.softmax(logits, -1)
@@ -62,8 +59,7 @@ def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
         if level.has_shared_out:
             everything = all_task_experts + shared_experts
             if level.shared_gate_size:
-                w, b = level.shared_first_weight, level.shared_first_bias
-                logits = shared_in @ w[:, s * h :] + b[s * h :]
+                logits = shared_in @ level.shared_gate_in.weight + level.shared_gate_in.bias
                 if level.shared_gate is not None:
                     logits = _run_stack(level.shared_gate, 0, torch.relu(logits), False)
                 gate = torch.softmax(logits, -1)
@@ -104,28 +100,30 @@ def test_cgc_gradient_of_a_task_stays_in_its_own_experts_gate_and_tower():
     for k in range(t):
         model.zero_grad()
         model(x)[:, k].sum().backward()
-        task_grad = level.task_first.weight.grad
+        expert_grad = level.task_expert_in.weight.grad
+        gate_grad = level.task_gate_in.weight.grad
         tower_grads = [lin.weight.grad for lin in _linears(model.towers)]
         for other in range(t):
             if other == k:
                 continue
-            assert torch.all(task_grad[other] == 0), f"task {k} leaks into task {other}'s experts/gate"
+            assert torch.all(expert_grad[other] == 0), f"task {k} leaks into task {other}'s experts"
+            assert torch.all(gate_grad[other] == 0), f"task {k} leaks into task {other}'s gate"
             assert all(torch.all(g[other] == 0) for g in tower_grads)
         for j in range(p):  # each of task k's own experts, including the last one PaddleRec never trains
-            assert task_grad[k][:, j * h : (j + 1) * h].abs().sum() > 0, f"task {k} expert {j} gets no gradient"
-        assert task_grad[k][:, p * h :].abs().sum() > 0, "task gate gets no gradient"
+            assert expert_grad[k][:, j * h : (j + 1) * h].abs().sum() > 0, f"task {k} expert {j} gets no gradient"
+        assert gate_grad[k].abs().sum() > 0, "task gate gets no gradient"
         for j in range(s):
-            assert level.shared_first_weight.grad[:, j * h : (j + 1) * h].abs().sum() > 0
+            assert level.shared_expert_in.weight.grad[:, j * h : (j + 1) * h].abs().sum() > 0
 
 
 def test_random_initialisation_breaks_symmetry():
     torch.manual_seed(3)
     model = PLE(10, 2, levels=1, experts_per_task=3, shared_experts=2)
-    w = model.levels[0].task_first.weight[0]
+    w = model.levels[0].task_expert_in.weight[0]
     experts = [w[:, j * 16 : (j + 1) * 16] for j in range(3)]
     assert not torch.allclose(experts[0], experts[1]) and not torch.allclose(experts[1], experts[2])
     assert w.std() > 0.05
-    logits = torch.randn(32, 10) @ w[:, 48:]
+    logits = torch.randn(32, 10) @ model.levels[0].task_gate_in.weight[0]
     gate = torch.softmax(logits, -1)
     assert not torch.allclose(gate, torch.full_like(gate, 1 / 5), atol=1e-3), "gates start uniform"
 
@@ -133,7 +131,7 @@ def test_random_initialisation_breaks_symmetry():
 def test_special_cases_have_expected_structure():
     shared_bottom = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=1)
     level = shared_bottom.levels[0]
-    assert level.task_first is None and level.task_gate_size == 0  # no task experts, no gates
+    assert level.task_expert_in is None and level.task_gate_in is None  # no task experts, no gates
     mmoe = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=4)
     assert mmoe.levels[0].task_gate_size == 4 and mmoe.levels[0].task_experts is None
     single = PLE(10, 1, levels=2)
