@@ -27,6 +27,13 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
 }
+_HAS_INPLACE = {"relu", "silu", "elu", "leaky_relu"}
+
+
+def make_activation(name: str, inplace: bool = False) -> nn.Module:
+    """The activation module; in place where supported, for fresh matmul outputs only: large
+    out-of-place results cost a new allocation (page faults) plus a full memory pass on CPU."""
+    return ACTIVATIONS[name](inplace=True) if inplace and name in _HAS_INPLACE else ACTIVATIONS[name]()
 
 MODEL_KEYS = (
     "levels",
@@ -100,7 +107,7 @@ class GroupedMLP(nn.Module):
         for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
             layers.append(GroupedLinear(groups, fan_in, fan_out))
             if final_activation or i < len(widths) - 2:
-                layers.append(ACTIVATIONS[activation]())
+                layers.append(make_activation(activation, inplace=True))
                 if dropout > 0:
                     layers.append(nn.Dropout(dropout))
         self.layers = nn.Sequential(*layers)
@@ -148,7 +155,8 @@ class Level(nn.Module):
         t, p, s = num_tasks, experts_per_task, shared_experts
         self.t, self.p, self.s = t, p, s
         self.h = expert_hidden[0]
-        self.activation = ACTIVATIONS[activation]()
+        self.activation = make_activation(activation)
+        self.activation_inplace = make_activation(activation, inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # A gate over a single expert is the identity: it is left out rather than kept untrainable.
         self.task_gate_size = p + s if p + s > 1 else 0
@@ -176,7 +184,8 @@ class Level(nn.Module):
     def first_layers(self, task_in: Tensor | None, shared_in: Tensor | None) -> dict[str, Tensor]:
         """Raw first-layer outputs: task parts ``[T, B, w]``, shared parts ``[B, w]``.
 
-        ``task_in is None`` means every branch reads ``shared_in`` (level 0): one fused matmul.
+        ``task_in is None`` means every branch reads ``shared_in`` (level 0): one fused matmul,
+        whose task-expert part is returned as ``[B, T*P*h]``.
         """
         if task_in is not None:
             return {
@@ -199,7 +208,9 @@ class Level(nn.Module):
         fused = torch.addmm(torch.cat(biases), shared_in, torch.cat(weights, dim=1)).split(widths, dim=1)
         out = {}
         for (name, layer), part in zip(present, fused):
-            out[name] = part.unflatten(1, (self.t, -1)).transpose(0, 1) if isinstance(layer, GroupedLinear) else part
+            # Task experts stay [B, T*P*h]: their columns are already expert-major (see forward).
+            grouped = isinstance(layer, GroupedLinear) and name != "task_experts"
+            out[name] = part.unflatten(1, (self.t, -1)).transpose(0, 1) if grouped else part
         return out
 
     def _gate(self, logits: Tensor, mlp: GroupedMLP | None) -> Tensor:
@@ -213,12 +224,17 @@ class Level(nn.Module):
         t, p, s, h = self.t, self.p, self.s, self.h
         first = self.first_layers(task_in, shared_in)
         task_experts = shared_experts = None
-        if p:  # [T, B, P*h] -> [T*P, B, h]
-            hidden = self.dropout(self.activation(first["task_experts"]))
-            hidden = hidden.unflatten(2, (p, h)).permute(0, 2, 1, 3).reshape(t * p, -1, h)
+        # Level 0's first-layer outputs are views of one fused matmul: no in-place activation there.
+        activation = self.activation if task_in is None else self.activation_inplace
+        if p:
+            hidden = self.dropout(activation(first["task_experts"]))
+            if hidden.dim() == 2:  # level 0: [B, T*P*h] -> [T*P, B, h] is a free view
+                hidden = hidden.unflatten(1, (t * p, h)).transpose(0, 1)
+            else:  # [T, B, P*h] -> [T*P, B, h]
+                hidden = hidden.unflatten(2, (p, h)).permute(0, 2, 1, 3).reshape(t * p, -1, h)
             task_experts = self.task_experts(hidden).unflatten(0, (t, p))  # [T, P, B, d]
         if s:  # [B, S*h] -> [S, B, h]
-            hidden = self.dropout(self.activation(first["shared_experts"]))
+            hidden = self.dropout(activation(first["shared_experts"]))
             shared_experts = self.shared_expert_stack(hidden.unflatten(1, (s, h)).transpose(0, 1))
         if self.task_gate_size:
             gate = self._gate(first["task_gates"], self.task_gates)  # [T, P+S, B, 1]

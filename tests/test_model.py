@@ -78,7 +78,13 @@ def test_batched_forward_matches_per_expert_reference(config, num_tasks):
     x = torch.randn(17, 10)
     out = model(x)
     assert out.shape == (17, num_tasks)
-    torch.testing.assert_close(out, naive_forward(model, x), rtol=1e-5, atol=1e-6)
+    expected = naive_forward(model, x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-6)
+    weights = torch.randn(num_tasks)
+    ours = torch.autograd.grad((out * weights).sum(), list(model.parameters()), allow_unused=True)
+    reference = torch.autograd.grad((expected * weights).sum(), list(model.parameters()), allow_unused=True)
+    for name, a, b in zip([n for n, _ in model.named_parameters()], ours, reference):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
 
 
 @pytest.mark.parametrize("config", CONFIGS)

@@ -36,8 +36,8 @@ class TensorBatches:
         self.passes += 1
         order = torch.randperm(len(s), generator=generator).to(s.labels.device)
         for i in range(0, min(stop, len(s)), bs):
-            idx = order[i : i + bs]
-            yield s.cat[idx], s.num[idx], s.labels[idx]
+            idx = order[i : i + bs]  # index_select: far faster than advanced indexing on CPU
+            yield s.cat.index_select(0, idx), s.num.index_select(0, idx), s.labels.index_select(0, idx)
 
 
 class PLEDataModule(pl.LightningDataModule):
