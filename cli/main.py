@@ -56,6 +56,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     _storage_arg(studies)
+
+    export = sub.add_parser("export", help="write one trial's config as a self-contained YAML")
+    export.add_argument("--study", required=True)
+    _storage_arg(export)
+    chosen = export.add_mutually_exclusive_group(required=True)
+    chosen.add_argument("--trial", type=int, help="this finished trial")
+    chosen.add_argument("--pick", help="knee | best:TASK | weights:TASK=W,TASK=W (see README)")
+    export.add_argument("--out", help="output YAML (default results/STUDY/best.yaml)")
+
+    train = sub.add_parser("train", help="train an exported config on several seeds for production")
+    train.add_argument("--config", required=True, help="YAML written by `ple-search export`")
+    train.add_argument("--data-dir", help="folder holding the census files")
+    train.add_argument("--seeds", type=int, default=3)
+    train.add_argument("--max-epochs", type=int, help="override the config's epoch budget")
+    train.add_argument("--out", help="output folder (default results/STUDY/train-TIMESTAMP)")
+    train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+
+    predict = sub.add_parser("predict", help="score raw rows with a trained model")
+    predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
+    predict.add_argument("--input", required=True, help="CSV or Parquet with the raw feature columns")
+    predict.add_argument("--output", help="CSV or Parquet to write (default: CSV on stdout)")
+    predict.add_argument("--weights", help="also a fused score prod_k p_k^w_k, e.g. income=0.7,marital=0.3")
     return parser
 
 
@@ -87,15 +109,12 @@ def _load_space(args: argparse.Namespace, storage):
 
 
 def _load_dataset(space, data_dir: str | None):
-    from ple_search.data import load
+    from ple_search.data import load_described
 
-    options = dict(space.dataset["options"])
+    dataset = load_described(space.dataset, data_dir)
     if data_dir is not None:
-        if space.dataset["name"] != "census":
-            raise ConfigError(f"--data-dir applies to the census dataset, not {space.dataset['name']!r}")
-        options["data_dir"] = data_dir
-    space.dataset["options"] = options
-    return load(space.dataset["name"], **options)
+        space.dataset["options"] = {**space.dataset["options"], "data_dir": data_dir}
+    return dataset
 
 
 def _resume_hint(argv: Sequence[str]) -> str:
@@ -191,11 +210,94 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from ple_search.export import Pick, build_config, write_config
+    from ple_search.storage import load_study, open_storage
+
+    study = load_study(args.study, open_storage(args.storage))
+    pick = Pick(study)
+    trial, reason = pick.choose(args.trial, args.pick)
+    config = build_config(study, trial, args.storage, reason)
+    out = Path(args.out or Path("results") / args.study / "best.yaml")
+    write_config(config, out)
+    err.print(f"chose trial {trial.number}: {reason}")
+    for k, task in enumerate(pick.tasks):
+        low, high = pick.ranges()[task]
+        err.print(f"  {task}: {trial.values[k]:.4f} (front {low:.4f} .. {high:.4f})")
+    err.print(f"  {pick_summary(trial)}")
+    err.print(f"wrote {out}")
+    return 0
+
+
+def pick_summary(trial) -> str:
+    from ple_search.pareto import architecture
+
+    hp = trial.user_attrs["hparams"]
+    return f"{architecture(hp, len(trial.values))}, best epoch {trial.user_attrs.get('best_epoch')}"
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from rich.progress import Progress
+
+    from ple_search.data import load_described
+    from ple_search.export import load_config
+    from ple_search.objective import quiet_libraries
+    from ple_search.production import train
+
+    quiet_libraries()
+    config = load_config(args.config)
+    dataset = load_described(config["dataset"], args.data_dir)
+    if args.data_dir is not None:
+        config["dataset"] = {**config["dataset"], "options": {**config["dataset"].get("options", {}), "data_dir": args.data_dir}}
+    study = (config.get("provenance") or {}).get("study", "model")
+    out = Path(args.out or Path("results") / study / f"train-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+    with Progress(console=err, transient=False) as progress:
+        bars = {}
+
+        def hook(seed: int):
+            def on_epoch(epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None:
+                if seed not in bars:
+                    bars[seed] = progress.add_task(f"seed {seed}", total=max_epochs)
+                shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                progress.update(bars[seed], completed=epoch + 1, description=f"seed {seed} val {shown}")
+
+            return on_epoch
+
+        metrics = train(config, dataset, out, args.seeds, args.max_epochs, args.accelerator, hook)
+    for task in metrics["mean"]["test"]:
+        err.print(f"test {task}: {metrics['mean']['test'][task]:.4f} +- {metrics['std']['test'][task]:.4f} over {args.seeds} seeds")
+    err.print(f"wrote {out} (best seed {metrics['best_seed']})")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from ple_search.data.table import read_table
+    from ple_search.export import parse_weights
+    from ple_search.production import load_trained, predict
+
+    module, preprocessor = load_trained(args.model)
+    source = Path(args.input)
+    frame = read_table(source, "parquet" if source.suffix in (".parquet", ".pq") else "csv")
+    weights = parse_weights(args.weights, module.schema.task_names) if args.weights else None
+    result = predict(module, preprocessor, frame, weights, where=str(source))
+    if not args.output:
+        sys.stdout.write(result.to_csv(index=False))
+        return 0
+    out = Path(args.output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    result.to_parquet(tmp) if out.suffix in (".parquet", ".pq") else result.to_csv(tmp, index=False)
+    os.replace(tmp, out)
+    err.print(f"wrote {len(result)} rows to {out}")
+    return 0
+
+
 def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    from ple_search.export import atomic_write_text
+
+    atomic_write_text(path, text)
 
 
 def _raise_interrupt(signum, frame) -> None:
@@ -212,9 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, argv)
-        if args.command == "pareto":
-            return cmd_pareto(args)
-        return cmd_studies(args)
+        commands = {"pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train, "predict": cmd_predict}
+        return commands[args.command](args)
     except PLESearchError as exc:
         err.print(f"error: {exc}")
         return 2

@@ -9,14 +9,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ple_search._version import __version__
 from ple_search.data.schema import Schema
-from ple_search.errors import TrialFailed
+from ple_search.errors import ConfigError, TrialFailed
 from ple_search.hparams import resolve_hparams, model_hparams
 from ple_search.metrics import task_metrics
 from ple_search.model import PLE
 from ple_search.weighting import make_weighting
 
 Batch = tuple[Tensor, Tensor, Tensor]
+VERSION_KEY = "ple_search_version"
 
 
 class FeatureEncoder(nn.Module):
@@ -29,9 +31,10 @@ class FeatureEncoder(nn.Module):
         self.register_buffer("offsets", offsets, persistent=False)
         self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim)
         self.out_extra = len(vocab_sizes) * embedding_dim
+        self.has_categorical = bool(vocab_sizes)
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        if cat.shape[1] == 0:
+        if not self.has_categorical:
             return num
         embedded = self.embedding(cat + self.offsets).flatten(1)
         return torch.cat([embedded, num], dim=1)
@@ -118,6 +121,17 @@ class PLEModule(pl.LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> Tensor:
         cat, num = batch[0], batch[1]
         return self.predict_outputs(cat, num)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[VERSION_KEY] = __version__
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        written = checkpoint.get(VERSION_KEY)
+        if written != __version__:
+            raise ConfigError(
+                f"checkpoint written by ple-search {written or 'unknown'}, this is {__version__}: "
+                "retrain it with `ple-search train --config ...`"
+            )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.config["optimizer"]]

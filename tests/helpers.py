@@ -24,3 +24,28 @@ def make_dataset(n: int = 300, types: tuple[str, ...] = ("binary", "binary"), se
     splits = [Split.from_numpy(cat[a:b], num[a:b], y[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, n))]
     schema = Schema(("c0", "c1"), (5, 5), ("n0", "n1", "n2"), tuple(Task(f"t{k}", t) for k, t in enumerate(types)))
     return Dataset(schema, *splits, Preprocessor(), {"source": "test"})
+
+
+def user_table(folder, n: int = 400, seed: int = 0):
+    """A user's CSV (two binary tasks, categorical and numeric features, a split column) and its
+    dataset spec; returns the spec path."""
+    import pandas as pd
+
+    rng = np.random.default_rng(seed)
+    country = rng.choice(["de", "fr", "us", "jp"], n)
+    price = rng.exponential(10, n).round(2)
+    age = rng.integers(18, 80, n)
+    z = (country == "de") * 1.0 + np.log1p(price) * 0.5 - 1.5 + rng.normal(0, 0.7, n)
+    frame = pd.DataFrame({
+        "country": country, "price": price, "age": age,
+        "click": np.where(z > 0, "yes", "no"),
+        "buy": (z + 0.02 * (age - 50) + rng.normal(0, 0.7, n) > 0.5).astype(int),
+        "split": np.where(np.arange(n) < n * 0.6, "train", np.where(np.arange(n) < n * 0.8, "val", "test")),
+    })  # fmt: skip
+    frame.to_csv(folder / "events.csv", index=False)
+    (folder / "events.yaml").write_text(
+        "file: events.csv\ncategorical: [country]\nnumeric: [price, age]\nlog1p: [price]\n"
+        "tasks:\n  - {name: click, type: binary, labels: {'yes': 1, 'no': 0}}\n  - {name: buy, type: binary}\n"
+        "split: {column: split}\n"
+    )
+    return folder / "events.yaml"

@@ -10,7 +10,7 @@ from ple_search.data.dataset import Dataset, Split
 from ple_search.data.schema import Schema, Task
 from ple_search.errors import DataError
 
-__all__ = ["load", "Dataset", "Split", "Schema", "Task", "PLEDataModule", "TensorBatches", "SOURCES"]
+__all__ = ["load", "load_described", "Dataset", "Split", "Schema", "Task", "PLEDataModule", "TensorBatches", "SOURCES"]
 
 SOURCES = ("census", "synthetic")
 
@@ -43,3 +43,14 @@ def _call(loader: Any, source: str, *args: Any, **options: Any) -> Dataset:
     if unknown:
         raise DataError(f"dataset {source!r}: unknown option '{unknown[0]}'; allowed: {allowed}")
     return loader(*args, **options)
+
+
+def load_described(described: dict[str, Any], data_dir: str | None = None) -> Dataset:
+    """Load the dataset a search space or exported config describes (``{name, options}``);
+    ``data_dir`` overrides where the census files are."""
+    options = dict(described.get("options") or {})
+    if data_dir is not None:
+        if described["name"] != "census":
+            raise DataError(f"--data-dir applies to the census dataset, not {described['name']!r}")
+        options["data_dir"] = data_dir
+    return load(described["name"], **options)

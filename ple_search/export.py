@@ -1,0 +1,180 @@
+"""From a study to one self-contained YAML config: pick a trial, export it, load it back.
+
+Pick rules (all on validation metrics of the Pareto front):
+
+* ``best:TASK``: the front trial best on TASK.
+* ``weights:a=0.7,b=0.3``: the front trial maximising score = prod_k P_k^(w_k), the Tencent Video
+  ranking-fusion form of the PLE paper, on each task's normalised metric
+  P_k = (v_k - ref_k) / (best_k - ref_k), clipped to [1e-6, 1], where ref_k is the study's
+  reference point (AUC 0.5; RMSE of the mean predictor) and best_k the front's best value on task k.
+* ``knee``: the front trial closest (Euclidean) to the ideal point after min-max normalising each
+  objective over the front (best = 1, worst = 0).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+import ple_search
+from ple_search.errors import ConfigError, StorageError
+from ple_search.hparams import model_hparams, resolve_hparams
+from ple_search.model import PLE
+from ple_search.pareto import finished_trials, nondominated_ranks, study_meta
+from ple_search.storage import mask_url
+
+CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
+
+
+def parse_weights(text: str, tasks: list[str]) -> dict[str, float]:
+    """``"a=0.7,b=0.3"`` -> ``{"a": 0.7, "b": 0.3}``; every name must be a task."""
+    weights = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        try:
+            weights[name.strip()] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"weights {text!r}: expected task=number pairs, e.g. {tasks[0]}=0.7")
+    unknown = [n for n in weights if n not in tasks]
+    if unknown or not weights:
+        raise ConfigError(f"weights {text!r}: unknown task {unknown[0] if unknown else '(none)'!r}; tasks: {tasks}")
+    return weights
+
+
+class Pick:
+    """The Pareto front of a study and the rules that choose one trial from it."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+        self.meta = study_meta(study)
+        self.tasks: list[str] = self.meta["objectives"]
+        self.directions = [d.name.lower() for d in study.directions]
+        trials = finished_trials(study)
+        if not trials:
+            raise StorageError(f"study '{study.study_name}' has no finished trials to export")
+        ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
+        self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
+        self.values = np.array([t.values for t in self.front])
+        self.sign = np.array([1.0 if d == "maximize" else -1.0 for d in self.directions])
+
+    def choose(self, trial: int | None = None, pick: str | None = None) -> tuple[FrozenTrial, str]:
+        """The chosen trial and a sentence saying why."""
+        if trial is not None:
+            found = [t for t in self.study.get_trials(deepcopy=False) if t.number == trial]
+            if not found:
+                raise ConfigError(f"study '{self.study.study_name}' has no trial {trial}")
+            if found[0].state != TrialState.COMPLETE:
+                raise ConfigError(f"trial {trial} is {found[0].state.name}, not finished; pick a COMPLETE trial")
+            return found[0], f"trial {trial} as asked"
+        kind, _, arg = (pick or "").partition(":")
+        if kind == "best":
+            if arg not in self.tasks:
+                raise ConfigError(f"--pick best:{arg}: unknown task; tasks: {self.tasks}")
+            k = self.tasks.index(arg)
+            i = int(np.argmax(self.sign[k] * self.values[:, k]))
+            return self.front[i], f"best {arg} on the Pareto front"
+        if kind == "weights":
+            weights = parse_weights(arg, self.tasks)
+            scores = self.fusion_scores(weights)
+            i = int(np.argmax(scores))
+            return self.front[i], f"highest fused score prod_k P_k^w_k = {scores[i]:.4f} with weights {weights}"
+        if kind == "knee":
+            i = int(np.argmin(self.knee_distances()))
+            return self.front[i], "knee: closest to the ideal point of the min-max normalised front"
+        raise ConfigError(f"--pick {pick!r}: use knee, best:TASK or weights:TASK=W,...")
+
+    def fusion_scores(self, weights: dict[str, float]) -> np.ndarray:
+        ref = np.array(self.meta["reference_point"])
+        best = (self.sign * self.values).max(axis=0) * self.sign
+        span = np.where(best != ref, best - ref, 1.0)
+        normalised = np.clip((self.values - ref) / span, 1e-6, 1.0)
+        w = np.array([weights.get(t, 0.0) for t in self.tasks])
+        return np.prod(normalised**w, axis=1)
+
+    def knee_distances(self) -> np.ndarray:
+        signed = self.sign * self.values
+        low, high = signed.min(axis=0), signed.max(axis=0)
+        normalised = np.where(high > low, (signed - low) / np.where(high > low, high - low, 1.0), 1.0)
+        return np.sqrt(((1.0 - normalised) ** 2).sum(axis=1))
+
+    def ranges(self) -> dict[str, tuple[float, float]]:
+        return {t: (float(self.values[:, k].min()), float(self.values[:, k].max())) for k, t in enumerate(self.tasks)}
+
+
+def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reason: str) -> dict[str, Any]:
+    """The export: everything needed to retrain without the study."""
+    meta = study_meta(study)
+    return {
+        "ple_search_version": ple_search.__version__,
+        "hparams": trial.user_attrs["hparams"],
+        "dataset": meta["dataset"],
+        "split": meta["split"],
+        "schema": meta["schema"],
+        "objectives": meta["objectives"],
+        "training": {"max_epochs": int(trial.user_attrs["best_epoch"]), "patience": int(meta["budget"]["patience"])},
+        "provenance": {
+            "study": study.study_name,
+            "storage": mask_url(storage_url),
+            "trial": trial.number,
+            "pick": reason,
+            "val": trial.user_attrs.get("val"),
+            "test": trial.user_attrs.get("test"),
+            "package_version": ple_search.__version__,
+            "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        },
+    }
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write via a temporary file in the same folder and ``os.replace``: never half-written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_config(config: dict[str, Any], path: Path) -> None:
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+
+
+def load_config(path: str | Path) -> dict[str, Any]:
+    """Read and validate an exported config (``yaml.safe_load``); problems are ``ConfigError``s."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: a config must be a mapping with keys {sorted(CONFIG_KEYS)}")
+    missing = sorted({"hparams", "dataset", "schema", "training"} - set(config))
+    unknown = sorted(set(config) - CONFIG_KEYS)
+    if missing or unknown:
+        raise ConfigError(f"{path}: {'missing' if missing else 'unknown'} key '{(missing or unknown)[0]}'; a config has {sorted(CONFIG_KEYS)}")
+    try:
+        config["hparams"] = resolve_hparams(config["hparams"])
+        PLE.from_hparams(4, max(len(config["schema"]["tasks"]), 1), model_hparams(config["hparams"]))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    training = config["training"]
+    for key in ("max_epochs", "patience"):
+        value = training.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{path}: training.{key} = {value!r} must be an integer >= 1")
+    return config

@@ -1,0 +1,149 @@
+"""Production training of an exported config, and loading the result to predict on raw rows.
+
+``train`` writes one output folder, moved into place only when complete:
+
+* ``seed-N/best.ckpt``: the best-validation Lightning checkpoint of each seed,
+* ``metrics.json``: validation and test metrics per seed, their mean and std, the best seed,
+* ``config.yaml``: the config as trained, ``preprocessor.json``: schema and fitted preprocessing
+  (plain JSON, no pickle), ``model.pt``: TorchScript of the best seed, ``(cat, num) -> outputs``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+
+from ple_search.data import Dataset
+from ple_search.data.preprocess import Preprocessor
+from ple_search.data.schema import Schema
+from ple_search.errors import ConfigError, DataError
+from ple_search.export import write_config
+from ple_search.module import PLEModule
+from ple_search.objective import EpochHook, TrialSettings, evaluate, score, train_config
+
+METRICS, PREPROCESSOR, SCRIPTED, CONFIG = "metrics.json", "preprocessor.json", "model.pt", "config.yaml"
+
+
+def build_module(config: Mapping[str, Any], schema: Schema | Mapping[str, Any] | None = None) -> PLEModule:
+    """A fresh ``PLEModule`` for an exported config (its own schema unless one is given)."""
+    return PLEModule(schema if schema is not None else config["schema"], config["hparams"])
+
+
+class ServingModel(nn.Module):
+    """What serving runs: categorical codes and numeric features in, probabilities (binary tasks)
+    or values (regression tasks) out."""
+
+    def __init__(self, module: PLEModule) -> None:
+        super().__init__()
+        self.encoder, self.model = module.encoder, module.model
+        self.register_buffer("is_binary", module.is_binary.clone())
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        out = self.model(self.encoder(cat, num))
+        return torch.where(self.is_binary, torch.sigmoid(out), out)
+
+
+def torchscript(module: PLEModule, example: tuple[Tensor, Tensor]) -> torch.jit.ScriptModule:
+    """A traced ``ServingModel`` (TorchScript is what serving stacks load; torch marks it deprecated
+    in favour of ``torch.export``, which the serving side does not read yet)."""
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.trace(ServingModel(module).eval(), example, check_trace=False)
+
+
+def train(
+    config: dict[str, Any],
+    dataset: Dataset,
+    out_dir: Path,
+    seeds: int = 3,
+    max_epochs: int | None = None,
+    accelerator: str = "cpu",
+    hook: Callable[[int], EpochHook] | None = None,
+) -> dict[str, Any]:
+    """Train ``config`` once per seed (early stopping on validation), evaluate on test and write
+    ``out_dir`` atomically. ``hook(seed)`` gives each seed's per-epoch callback."""
+    if out_dir.exists():
+        raise ConfigError(f"output folder {out_dir} already exists; pass another --out")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1, got {seeds}")
+    tasks = [t for t in dataset.schema.tasks if t.name in config.get("objectives", dataset.schema.task_names)]
+    training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
+    settings = TrialSettings(tasks, training["max_epochs"], training["patience"], accelerator=accelerator)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    try:
+        runs, best_seed, best_score, best_module = {}, None, -np.inf, None
+        for seed in range(seeds):
+            module, recorder, seconds = train_config(config["hparams"], dataset, settings, seed, hook(seed) if hook else None)
+            val = recorder.curve[recorder.best_epoch]
+            runs[seed] = {"val": val, "test": evaluate(module, dataset.test), "best_epoch": recorder.best_epoch + 1, "train_seconds": round(seconds, 3)}
+            (work / f"seed-{seed}").mkdir()
+            module.trainer.save_checkpoint(work / f"seed-{seed}" / "best.ckpt")
+            if score(val, tasks) > best_score:
+                best_seed, best_score, best_module = seed, score(val, tasks), module
+        example = (dataset.test.cat[:2].to(best_module.device), dataset.test.num[:2].to(best_module.device))
+        torchscript(best_module, example).save(str(work / SCRIPTED))
+        metrics = {
+            "runs": {str(seed): run for seed, run in runs.items()},
+            "mean": {split: _stat(runs, split, statistics.fmean) for split in ("val", "test")},
+            "std": {split: _stat(runs, split, lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0) for split in ("val", "test")},
+            "best_seed": best_seed,
+            "checkpoint": f"seed-{best_seed}/best.ckpt",
+        }
+        (work / METRICS).write_text(json.dumps(metrics, indent=2))
+        (work / PREPROCESSOR).write_text(json.dumps({"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict()}))
+        write_config({**config, "training": training}, work / CONFIG)
+        os.replace(work, out_dir)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return metrics
+
+
+def _stat(runs: dict[int, dict[str, Any]], split: str, fn: Callable[[list[float]], float]) -> dict[str, float]:
+    tasks = next(iter(runs.values()))[split]
+    return {t: fn([run[split][t] for run in runs.values()]) for t in tasks}
+
+
+def load_trained(out_dir: str | Path) -> tuple[PLEModule, Preprocessor]:
+    """The best seed's module (``weights_only`` loading) and the fitted preprocessing."""
+    out_dir = Path(out_dir)
+    try:
+        metrics = json.loads((out_dir / METRICS).read_text())
+        saved = json.loads((out_dir / PREPROCESSOR).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{out_dir}: not a `ple-search train` output folder ({exc})") from None
+    module = PLEModule.load_from_checkpoint(out_dir / metrics["checkpoint"], map_location="cpu", weights_only=True)
+    module.eval()
+    if Schema.from_dict(saved["schema"]) != module.schema:
+        raise ConfigError(f"{out_dir}: {PREPROCESSOR} does not match the checkpoint's schema")
+    return module, Preprocessor.from_dict(saved["preprocessor"])
+
+
+@torch.no_grad()
+def predict(module: PLEModule, preprocessor: Preprocessor, frame: pd.DataFrame, weights: Mapping[str, float] | None = None, where: str = "input") -> pd.DataFrame:
+    """One column per task (probability or value) for raw rows; with ``weights`` also the fused
+    ranking score prod_k p_k^(w_k) over binary tasks."""
+    cat, num = preprocessor.transform(frame, where)
+    module.eval()
+    outputs = module.predict_outputs(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
+    result = pd.DataFrame(outputs, columns=module.schema.task_names, index=frame.index)
+    if weights:
+        types = {t.name: t.type for t in module.schema.tasks}
+        bad = [t for t in weights if types.get(t) != "binary"]
+        if bad:
+            raise DataError(f"--weights: '{bad[0]}' is not a binary task of this model; binary tasks: {[t for t, k in types.items() if k == 'binary']}")
+        result["score"] = np.prod([result[t].to_numpy() ** w for t, w in weights.items()], axis=0)
+    return result
