@@ -45,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
     run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
+    run.add_argument("--jobs", type=int, default=1, help="worker processes on this machine sharing the study")
+    run.add_argument("--heartbeat-interval", type=int, default=30, help="RDB storages: seconds between a running trial's heartbeats")
+    run.add_argument("--grace-period", type=int, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
+    run.add_argument("--storage-retry", type=float, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
+    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
 
     pareto = sub.add_parser("pareto", help="show the Pareto-optimal trials of a study")
     pareto.add_argument("--study", required=True)
@@ -127,14 +132,15 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from ple_search.objective import TrialSettings, quiet_libraries
     from ple_search.progress import LiveReporter, LogReporter
-    from ple_search.search import objectives_of, open_study, run_search
+    from ple_search.search import count_finished, objectives_of, open_study, run_search
     from ple_search.storage import open_storage
 
-    if args.trials < 1:
-        raise ConfigError(f"--trials must be >= 1, got {args.trials}")
+    if args.trials < 1 or args.jobs < 1:
+        raise ConfigError(f"--trials and --jobs must be >= 1, got {args.trials} and {args.jobs}")
     quiet_libraries()
-    torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    storage = open_storage(args.storage)
+    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
+    torch.set_num_threads(threads)
+    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period)
     space = _load_space(args, storage)
     dataset = _load_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
@@ -146,18 +152,46 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         accelerator=args.accelerator,
     )
     study = open_study(args.study, storage, space, dataset, space.make_sampler(args.sampler, seed))
-    err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
+    if not args.worker:
+        err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
+    if args.jobs > 1:
+        return _run_parallel(args, argv, study, threads)
     reporter_cls = LogReporter if args.quiet else LiveReporter
     with reporter_cls(study, args.trials, err) as reporter:
         try:
-            finished = run_search(study, space, dataset, settings, args.trials, reporter, args.timeout)
+            finished = run_search(study, space, dataset, settings, args.trials, reporter, args.timeout, args.storage, args.storage_retry)
         except (KeyboardInterrupt, Interrupted):
-            from ple_search.search import count_finished
-
-            err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; the running trial is marked FAIL.")
-            err.print(f"resume with: {_resume_hint(argv)}")
+            if not args.worker:
+                _print_resume(study, args, argv)
             return 0
-    err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
+    if not args.worker:
+        err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
+    return 0
+
+
+def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    from ple_search.search import count_finished
+
+    err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; running trials are marked FAIL.")
+    err.print(f"resume with: {_resume_hint(argv)}")
+
+
+def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads: int) -> int:
+    from ple_search.parallel import run_workers
+    from ple_search.progress import WorkersReporter
+
+    reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
+    with reporter:
+        errors, interrupted = run_workers(argv, args.jobs, threads, study, err, reporter.worker_line, reporter.tick)
+    if interrupted:
+        _print_resume(study, args, argv)
+        return 0
+    if errors:
+        err.print(f"error: {errors} of {args.jobs} workers failed; see their last lines above")
+        return 2
+    from ple_search.search import count_finished
+
+    err.print(f"{count_finished(study)}/{args.trials} trials finished by {args.jobs} workers. Show the front: ple-search pareto --study {args.study}")
     return 0
 
 

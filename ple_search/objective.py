@@ -31,7 +31,7 @@ EpochHook = Callable[[int, int, int, dict[str, float]], None]
 
 def quiet_libraries() -> None:
     """Lightning's per-trainer banners and Optuna's per-trial logs are noise beside our display."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")

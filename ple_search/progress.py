@@ -112,3 +112,52 @@ class LiveReporter(_Base):
     def __exit__(self, *exc: object) -> None:
         self._refresh()
         self.live.__exit__(*exc)
+
+
+class WorkersReporter(_Base):
+    """The parent's display for ``--jobs N``: polls the storage, shows every worker's last line
+    (``echo``: print worker lines as they come instead of a live panel)."""
+
+    def __init__(self, study: optuna.Study, target: int, console: Console, jobs: int, echo: bool) -> None:
+        super().__init__(study, target, console)
+        self.echo = echo
+        self.lines = ["starting"] * jobs
+        self.last_poll = 0.0
+        self.live = None if echo else Live(self.render(), console=self.console, refresh_per_second=2)
+
+    def worker_line(self, index: int, line: str) -> None:
+        self.lines[index] = line
+        if self.echo:
+            self.console.print(f"[worker {index}] {line}", highlight=False, markup=False)
+
+    def tick(self) -> None:
+        if time.monotonic() - self.last_poll < 2.0:
+            return
+        self.last_poll = time.monotonic()
+        self.trial_done(self.study)
+        if self.live is not None:
+            self.live.update(self.render())
+
+    def render(self) -> Table:
+        elapsed = time.monotonic() - self.start
+        done = self.finished - self.finished_at_start
+        running = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
+        table = Table(title=f"ple-search: study {self.study.study_name}, {len(self.lines)} workers", show_header=False, box=None)
+        table.add_row("trials", f"{self.finished}/{self.target} finished, {running} running")
+        table.add_row("elapsed / ETA", f"{_clock(elapsed)} / {_clock(eta_seconds(elapsed, done, self.target - self.finished))}")
+        table.add_row("Pareto front", f"{self.summary['front']} trials, hypervolume {self.summary['hypervolume']:.5f}")
+        table.add_row("best", " ".join(f"{k}={v:.4f}" for k, v in self.summary["best"].items()) or "-")
+        for i, line in enumerate(self.lines):
+            table.add_row(f"worker {i}", line[:120])
+        return table
+
+    def __enter__(self) -> "WorkersReporter":
+        if self.live is not None:
+            self.live.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.last_poll = 0.0
+        self.tick()
+        if self.live is not None:
+            self.live.__exit__(*exc)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import os
+import socket
 import time
 from typing import Any, Protocol
 
@@ -16,6 +18,7 @@ from ple_search.errors import Interrupted, PLESearchError, StorageError, TrialFa
 from ple_search.objective import EpochHook, TrialSettings, run_trial
 from ple_search.pareto import META_KEY, finished_trials, hypervolume, nondominated_ranks
 from ple_search.space import SearchSpace
+from ple_search.storage import with_retry
 
 MAX_CONSECUTIVE_FAILURES = 10
 
@@ -110,9 +113,52 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def _fail(study: optuna.Study, trial: optuna.Trial, reason: str) -> None:
-    trial.set_user_attr("fail_reason", reason[:2000])
-    study.tell(trial, state=TrialState.FAIL)
+def worker_id(pid: int | None = None) -> str:
+    """How a trial records the process running it: ``host:pid``."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def recover_worker_trials(study: optuna.Study, worker: str, reason: str) -> list[int]:
+    """Fail the RUNNING trials of a dead ``worker`` and enqueue each config once more (not a
+    retry of a retry). Optuna has no public call to fail another process's trial, hence the
+    storage API, as ``optuna.storages.fail_stale_trials`` uses it."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get("worker") != worker:
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        if "retry_of" not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_stale_trials(study: optuna.Study) -> None:
+    """Fail (and retry once) trials whose worker is gone: by heartbeat on RDB storages, and on any
+    storage when the worker was a process of this machine that no longer exists."""
+    optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get("worker", "")
+        name, _, pid = owner.rpartition(":")
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            recover_worker_trials(study, owner, f"worker {pid} is gone")
 
 
 def run_search(
@@ -123,33 +169,60 @@ def run_search(
     target: int,
     reporter: Reporter,
     timeout: float | None = None,
+    storage_url: str = "",
+    storage_retry: float = 300.0,
 ) -> int:
-    """Run trials until ``target`` finished trials exist (a rerun continues, it does not add more)
-    or ``timeout`` seconds pass. A failing trial is recorded as FAIL with its reason and the search
-    goes on; Ctrl-C marks the running trial FAIL and re-raises. Returns the finished count."""
+    """Run trials until ``target`` finished trials exist (a rerun continues, it does not add more;
+    several workers share the target) or ``timeout`` seconds pass. A failing trial is recorded as
+    FAIL with its reason and the search goes on; Ctrl-C marks the running trial FAIL and raises
+    ``KeyboardInterrupt``. Trials run through ``study.optimize`` so RDB storages get heartbeats,
+    stale trials of dead workers are failed and retried once. Returns the finished count."""
     start = time.monotonic()
     failures = 0
-    while (finished := count_finished(study)) < target:
-        if timeout is not None and time.monotonic() - start > timeout:
-            break
-        trial = study.ask()
+    current: dict[str, Any] = {}
+
+    def objective(trial: optuna.Trial) -> list[float]:
+        current["number"] = trial.number
+        trial.set_user_attr("worker", worker_id())
+        reporter.trial_started(trial.number)
         try:
-            reporter.trial_started(trial.number)
-            values = run_trial(trial, space, dataset, settings, hook=reporter.epoch)
-        except (KeyboardInterrupt, Interrupted):
-            _fail(study, trial, "interrupted")
+            return run_trial(trial, space, dataset, settings, hook=reporter.epoch)
+        except Interrupted:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise KeyboardInterrupt from None  # Optuna marks the trial FAIL, then re-raises
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
             raise
         except Exception as exc:  # any failing trial is recorded; the study goes on
             reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
-            _fail(study, trial, reason)
+            trial.set_user_attr("fail_reason", reason[:2000])
+            raise TrialFailed(reason) from None
+
+    def finished() -> int:
+        return with_retry(lambda: count_finished(study), storage_retry, "counting finished trials", storage_url)
+
+    def running() -> int:
+        return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+    while (done := finished()) < target:
+        if timeout is not None and time.monotonic() - start > timeout:
+            break
+        if done + with_retry(running, storage_retry, "counting running trials", storage_url) >= target:
+            # Other workers' trials may reach the target: wait for them, reclaiming dead ones.
+            with_retry(lambda: reclaim_stale_trials(study), storage_retry, "reclaiming stale trials", storage_url)
+            time.sleep(1.0)
+            continue
+        current.clear()
+        with_retry(lambda: study.optimize(objective, n_trials=1, catch=(TrialFailed,)), storage_retry, "running a trial", storage_url)
+        trial = study.get_trials(deepcopy=False)[current["number"]] if current else None
+        if trial is not None and trial.state == TrialState.FAIL:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise PLESearchError(f"{failures} trials in a row failed; the last one: {reason}") from None
+                raise PLESearchError(f"{failures} trials in a row failed; the last one: {trial.user_attrs.get('fail_reason')}")
         else:
-            study.tell(trial, values)
             failures = 0
         reporter.trial_done(study)
-    return count_finished(study)
+    return finished()
 
 
 def eta_seconds(elapsed: float, done: int, remaining: int) -> float:

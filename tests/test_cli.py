@@ -119,7 +119,7 @@ def test_live_display_and_a_failing_trial_does_not_stop_the_study(tmp_path, spac
 
 @pytest.mark.parametrize("argv, message", [
     (["pareto", "--study", "ghost"], "no study named 'ghost'"),
-    (["pareto", "--study", "x", "--storage", "not-a-url"], "storage URL 'not-a-url' is malformed"),
+    (["pareto", "--study", "x", "--storage", "not-a-url"], "storage 'not-a-url' is malformed"),
     (["studies", "--storage", "postgresql://alice:s3cret-pw@127.0.0.1:9/db"], "cannot open storage postgresql://alice:***@127.0.0.1:9/db"),
     (["run", "--study", "nospace", "--trials", "1"], "no search space for study 'nospace'"),
     (["run", "--study", "x", "--space", "missing.yaml", "--trials", "1"], "missing.yaml: search space file not found"),

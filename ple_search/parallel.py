@@ -1,0 +1,127 @@
+"""``ple-search run --jobs N``: N worker processes on one machine sharing one study.
+
+Each worker is the same ``ple-search run`` command with ``--jobs 1`` and its share of the cores;
+the study, its target and the trial numbering live in the storage, so workers need no other
+coordination. The parent shows one display for all, forwards SIGINT/SIGTERM to the workers, and
+when a worker dies abnormally (e.g. SIGKILL) marks the trial it was running FAIL and enqueues its
+config once more, which also covers storages without heartbeats (the journal file).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Sequence
+
+import optuna
+from rich.console import Console
+
+from ple_search.errors import Interrupted
+from ple_search.search import recover_worker_trials, worker_id
+
+WorkerLine = Callable[[int, str], None]
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the parent dies, so no orphan outlives it."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_command(argv: Sequence[str], threads: int) -> list[str]:
+    """The parent's arguments minus ``--jobs/--threads/--quiet``, as one quiet worker."""
+    args, skip = [], False
+    for i, arg in enumerate(argv):
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in ("--jobs", "--threads"):
+            skip = "=" not in arg
+            continue
+        if arg == "--quiet":
+            continue
+        args.append(arg)
+    return [sys.executable, "-m", "ple_search.cli.main", *args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker"]
+
+
+class Workers:
+    """Start, watch and stop the worker processes."""
+
+    def __init__(self, command: list[str], jobs: int, on_line: WorkerLine) -> None:
+        self.command, self.jobs, self.on_line = command, jobs, on_line
+        self.procs: list[subprocess.Popen] = []
+        self.stopping = False
+
+    def start(self) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        for i in range(self.jobs):
+            proc = subprocess.Popen(
+                self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                env=env, preexec_fn=_die_with_parent, start_new_session=True,
+            )  # fmt: skip
+            self.procs.append(proc)
+            threading.Thread(target=self._pump, args=(i, proc), daemon=True).start()
+
+    def _pump(self, index: int, proc: subprocess.Popen) -> None:
+        for line in proc.stderr:
+            self.on_line(index, line.rstrip())
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """SIGTERM every live worker (each fails its running trial and exits), SIGKILL stragglers."""
+        self.stopping = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def supervise(self, study: optuna.Study, tick: Callable[[], None], console: Console) -> int:
+        """Wait for every worker; recover the trials of any that dies abnormally. Returns the
+        number of workers that failed with an error (not killed by a signal)."""
+        seen: set[int] = set()
+        errors = 0
+        while True:
+            alive = 0
+            for i, proc in enumerate(self.procs):
+                code = proc.poll()
+                if code is None:
+                    alive += 1
+                elif i not in seen:
+                    seen.add(i)
+                    if code < 0 and not self.stopping:
+                        name = signal.Signals(-code).name
+                        failed = recover_worker_trials(study, worker_id(proc.pid), f"worker {proc.pid} died ({name})")
+                        console.print(f"worker {i} (pid {proc.pid}) died ({name}); trials {failed} marked FAIL and retried once")
+                    elif code > 0:
+                        errors += 1
+            tick()
+            if not alive:
+                return errors
+            time.sleep(0.5)
+
+
+def run_workers(argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, console: Console, on_line: WorkerLine, tick: Callable[[], None]) -> tuple[int, bool]:
+    """Run ``jobs`` workers to the end; returns (workers that failed, whether interrupted)."""
+    workers = Workers(worker_command(argv, threads), jobs, on_line)
+    workers.start()
+    try:
+        return workers.supervise(study, tick, console), False
+    except (KeyboardInterrupt, Interrupted):
+        workers.stop()
+        return 0, True
+    finally:
+        if not workers.stopping and any(p.poll() is None for p in workers.procs):
+            workers.stop()

@@ -1,0 +1,199 @@
+"""Scale-out and faults: workers on one machine, several processes on PostgreSQL, SIGKILL, SIGINT,
+unreachable storages, and passwords kept out of every output."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+
+import optuna
+import pytest
+import yaml
+from sqlalchemy.exc import OperationalError
+
+from ple_search.cli.main import main
+from ple_search.errors import StorageError
+from ple_search.storage import open_storage, with_retry
+
+SPACE = {
+    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
+    "sampler": {"name": "random", "seed": 0},
+    "budget": {"max_epochs": 2, "patience": 2},
+    "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
+    "params": {"levels": {"type": "int", "low": 1, "high": 2}, "expert_hidden": {"type": "categorical", "choices": [[4], [8]]}},
+}
+
+
+@pytest.fixture
+def space(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+@pytest.fixture
+def postgres():
+    url = os.environ.get("PLE_SEARCH_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PLE_SEARCH_TEST_POSTGRES (.ci/run starts PostgreSQL)")
+        pytest.skip("PostgreSQL not available: set PLE_SEARCH_TEST_POSTGRES (bash .ci/run does)")
+    return url
+
+
+def command(space, storage, study, trials, *extra):
+    return [sys.executable, "-m", "ple_search.cli.main", "run", "--study", study, "--space", str(space),
+            "--trials", str(trials), "--storage", storage, "--quiet", "--threads", "1", *extra]  # fmt: skip
+
+
+def check_exact(storage, study, target):
+    trials = optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials()
+    states = [t.state.name for t in trials]
+    assert states.count("COMPLETE") == target and "RUNNING" not in states, states
+    assert len({t.number for t in trials}) == len(trials)
+    return trials
+
+
+def wait_for_running(storage, study, pid, timeout=60):
+    """The number of a RUNNING trial of process ``pid``, once it has trained an epoch or so."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            for t in optuna.load_study(study_name=study, storage=open_storage(storage)).get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+                if t.user_attrs.get("worker", "").endswith(f":{pid}"):
+                    time.sleep(0.5)
+                    return t.number
+        except KeyError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} never ran a trial")
+
+
+@pytest.mark.slow
+def test_jobs_2_on_the_default_journal_reach_exactly_the_target(tmp_path, space, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "--study", "par", "--space", str(space), "--trials", "6", "--jobs", "2", "--quiet"]) == 0
+    trials = check_exact("results/ple-search.journal", "par", 6)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
+    err = capsys.readouterr().err
+    assert "[worker 0]" in err and "[worker 1]" in err and "6/6 trials finished by 2 workers" in err
+    assert main(["studies"]) == 0 and "par" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_two_processes_on_postgres_reach_exactly_the_target_and_hide_the_password(space, postgres):
+    study = f"pg-{uuid.uuid4().hex[:8]}"
+    procs = [subprocess.Popen(command(space, postgres, study, 6), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    check_exact(postgres, study, 6)
+    password = postgres.split(":")[2].split("@")[0]
+    assert all(password not in out for out in outputs) and "***" in outputs[0]
+    meta = optuna.load_study(study_name=study, storage=open_storage(postgres)).user_attrs
+    assert password not in yaml.safe_dump(meta)
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_sigkilled_worker_on_postgres_is_recovered_and_retried(space, postgres):
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 30, "patience": 30}
+    raw["dataset"]["options"]["n"] = 8000
+    space.write_text(yaml.safe_dump(raw))
+    study = f"kill-{uuid.uuid4().hex[:8]}"
+    extra = ("--heartbeat-interval", "1", "--grace-period", "3")
+    victim = subprocess.Popen(command(space, postgres, study, 4, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed = wait_for_running(postgres, study, victim.pid)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    survivor = subprocess.run(command(space, postgres, study, 4, *extra), capture_output=True, text=True, timeout=300)
+    assert survivor.returncode == 0, survivor.stderr
+    trials = check_exact(postgres, study, 4)
+    assert trials[killed].state.name == "FAIL"
+    retried = [t for t in trials if t.user_attrs.get("retry_of") == killed or t.system_attrs.get("failed_trial") == killed]
+    assert retried and retried[0].state.name == "COMPLETE" and retried[0].params == trials[killed].params
+
+
+@pytest.mark.slow
+def test_sigkilled_worker_of_jobs_2_is_recovered_by_the_parent(tmp_path, space):
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 30, "patience": 30}
+    raw["dataset"]["options"]["n"] = 8000
+    space.write_text(yaml.safe_dump(raw))
+    storage = str(tmp_path / "s.journal")
+    parent = subprocess.Popen(command(space, storage, "jk", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
+        if children:
+            victim = int(children[0])
+        time.sleep(0.2)
+    killed = wait_for_running(storage, "jk", victim)
+    os.kill(victim, signal.SIGKILL)
+    _, err = parent.communicate(timeout=300)
+    assert parent.returncode == 0, err
+    assert f"(pid {victim}) died (SIGKILL)" in err
+    trials = check_exact(storage, "jk", 4)
+    assert trials[killed].state.name == "FAIL"
+    assert any(t.user_attrs.get("retry_of") == killed and t.state.name == "COMPLETE" for t in trials)
+
+
+@pytest.mark.slow
+def test_sigint_to_jobs_2_leaves_nothing_running_no_orphans_and_rerun_completes(tmp_path, space):
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 30, "patience": 30}
+    raw["dataset"]["options"]["n"] = 8000
+    space.write_text(yaml.safe_dump(raw))
+    storage = str(tmp_path / "s.journal")
+    parent = subprocess.Popen(command(space, storage, "int", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    time.sleep(1)
+    children = []
+    deadline = time.monotonic() + 60
+    while len(children) < 2 and time.monotonic() < deadline:
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()]
+        time.sleep(0.2)
+    wait_for_running(storage, "int", children[0])
+    parent.send_signal(signal.SIGINT)
+    _, err = parent.communicate(timeout=120)
+    assert parent.returncode == 0 and "resume with: ple-search run" in err, err
+    time.sleep(0.5)
+    assert not [pid for pid in children if os.path.exists(f"/proc/{pid}") and "zombie" not in open(f"/proc/{pid}/status").read().lower()]
+    states = [t.state.name for t in optuna.load_study(study_name="int", storage=open_storage(storage)).get_trials()]
+    assert "RUNNING" not in states and "FAIL" in states
+    raw["budget"] = {"max_epochs": 1, "patience": 1}
+    space.write_text(yaml.safe_dump(raw))
+    assert subprocess.run(command(space, storage, "int", 4, "--jobs", "2"), capture_output=True).returncode == 0
+    check_exact(storage, "int", 4)
+
+
+def test_unreachable_storage_is_retried_with_backoff_then_a_clear_error(monkeypatch):
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise OperationalError("SELECT", {}, Exception("connection refused"))
+        return "ok"
+
+    assert with_retry(flaky, 60, "testing", "postgresql://u:pw@h/db") == "ok" and len(calls) == 3
+
+    def down():
+        raise OperationalError("SELECT", {}, Exception("could not connect to postgresql://u:pw@h/db"))
+
+    clock = iter(range(0, 1000, 10))
+    monkeypatch.setattr(time, "monotonic", lambda: next(clock))
+    with pytest.raises(StorageError, match="unreachable for 60s while testing") as info:
+        with_retry(down, 60, "testing", "postgresql://u:pw@h/db")
+    assert ":pw@" not in str(info.value) and "rerun the same command to resume" in str(info.value)
+
+
+def test_unreachable_storage_at_start_is_one_clear_line(capsys, space):
+    url = "postgresql://alice:hunter2pw@127.0.0.1:9/db"
+    assert main(["run", "--study", "x", "--space", str(space), "--trials", "1", "--storage", url]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot open storage postgresql://alice:***@127.0.0.1:9/db") and "hunter2pw" not in err
