@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -63,14 +64,22 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
         kwargs = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": grace_period or 2 * heartbeat_interval,
-            "failed_trial_callback": optuna.storages.RetryFailedTrialCallback(max_retry=1),
+            "heartbeat_stale_trial_callback": _retry_once(),
         }
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
     except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(reason, url)}") from None
+
+
+def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
