@@ -131,7 +131,7 @@ def main() -> None:
     torch.manual_seed(0)
     peak = matmul_rate(args.seconds)
     print(f"threads {args.threads}; measured float32 matmul rate {peak / 1e9:.1f} GFLOP/s (1024^3)")
-    header = f"| config | batch | reference samples/s | PLE samples/s | speed-up | PLE roofline | reference roofline |"
+    header = "| config | batch | reference samples/s | PLE samples/s | speed-up | PLE roofline | reference roofline |"
     print(header)
     print("|" + "---|" * 7)
     for name, config, batches in CONFIGS:

@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat-interval", type=int, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=int, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
     run.add_argument("--storage-retry", type=float, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
-    run.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # index of a --jobs worker
 
     pareto = sub.add_parser("pareto", help="show the Pareto-optimal trials of a study")
     pareto.add_argument("--study", required=True)
@@ -132,7 +132,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from ple_search.objective import TrialSettings, quiet_libraries
     from ple_search.progress import LiveReporter, LogReporter
-    from ple_search.search import count_finished, objectives_of, open_study, run_search
+    from ple_search.search import objectives_of, open_study, run_search
     from ple_search.storage import open_storage
 
     if args.trials < 1 or args.jobs < 1:
@@ -151,8 +151,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         seed=seed,
         accelerator=args.accelerator,
     )
-    study = open_study(args.study, storage, space, dataset, space.make_sampler(args.sampler, seed))
-    if not args.worker:
+    sampler = space.make_sampler(args.sampler, seed + (args.worker or 0))  # workers propose different configs
+    study = open_study(args.study, storage, space, dataset, sampler)
+    if args.worker is None:
         err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
     if args.jobs > 1:
         return _run_parallel(args, argv, study, threads)
@@ -161,10 +162,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         try:
             finished = run_search(study, space, dataset, settings, args.trials, reporter, args.timeout, args.storage, args.storage_retry)
         except (KeyboardInterrupt, Interrupted):
-            if not args.worker:
+            if args.worker is None:
                 _print_resume(study, args, argv)
             return 0
-    if not args.worker:
+    if args.worker is None:
         err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
     return 0
 
@@ -329,7 +330,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    from ple_search.export import atomic_write_text
+    from ple_search.files import atomic_write_text
 
     atomic_write_text(path, text)
 

@@ -14,8 +14,6 @@ Pick rules (all on validation metrics of the Pareto front):
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import ple_search
 from ple_search.errors import ConfigError, StorageError
+from ple_search.files import atomic_write_text, read_yaml
 from ple_search.hparams import model_hparams, resolve_hparams
 from ple_search.model import PLE
 from ple_search.pareto import finished_trials, nondominated_ranks, study_meta
@@ -135,19 +134,6 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
     }
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write via a temporary file in the same folder and ``os.replace``: never half-written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_config(config: dict[str, Any], path: Path) -> None:
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
 
@@ -155,12 +141,7 @@ def write_config(config: dict[str, Any], path: Path) -> None:
 def load_config(path: str | Path) -> dict[str, Any]:
     """Read and validate an exported config (``yaml.safe_load``); problems are ``ConfigError``s."""
     path = Path(path)
-    try:
-        config = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read config: {exc}") from None
+    config = read_yaml(path, "config")
     if not isinstance(config, dict):
         raise ConfigError(f"{path}: a config must be a mapping with keys {sorted(CONFIG_KEYS)}")
     missing = sorted({"hparams", "dataset", "schema", "training"} - set(config))

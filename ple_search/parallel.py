@@ -35,8 +35,9 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_command(argv: Sequence[str], threads: int) -> list[str]:
-    """The parent's arguments minus ``--jobs/--threads/--quiet``, as one quiet worker."""
+def worker_command(argv: Sequence[str], threads: int, index: int) -> list[str]:
+    """The parent's arguments minus ``--jobs/--threads/--quiet``, as quiet worker ``index``
+    (which offsets its sampler seed so workers do not propose the same configs)."""
     args, skip = [], False
     for i, arg in enumerate(argv):
         if skip:
@@ -49,22 +50,22 @@ def worker_command(argv: Sequence[str], threads: int) -> list[str]:
         if arg == "--quiet":
             continue
         args.append(arg)
-    return [sys.executable, "-m", "ple_search.cli.main", *args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker"]
+    return [sys.executable, "-m", "ple_search.cli.main", *args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker", str(index)]
 
 
 class Workers:
     """Start, watch and stop the worker processes."""
 
-    def __init__(self, command: list[str], jobs: int, on_line: WorkerLine) -> None:
-        self.command, self.jobs, self.on_line = command, jobs, on_line
+    def __init__(self, commands: list[list[str]], on_line: WorkerLine) -> None:
+        self.commands, self.on_line = commands, on_line
         self.procs: list[subprocess.Popen] = []
         self.stopping = False
 
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        for i in range(self.jobs):
+        for i, command in enumerate(self.commands):
             proc = subprocess.Popen(
-                self.command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                 env=env, preexec_fn=_die_with_parent, start_new_session=True,
             )  # fmt: skip
             self.procs.append(proc)
@@ -115,7 +116,7 @@ class Workers:
 
 def run_workers(argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, console: Console, on_line: WorkerLine, tick: Callable[[], None]) -> tuple[int, bool]:
     """Run ``jobs`` workers to the end; returns (workers that failed, whether interrupted)."""
-    workers = Workers(worker_command(argv, threads), jobs, on_line)
+    workers = Workers([worker_command(argv, threads, i) for i in range(jobs)], on_line)
     workers.start()
     try:
         return workers.supervise(study, tick, console), False

@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import optuna
-import yaml
 
 from ple_search.errors import ConfigError
+from ple_search.files import read_yaml
 from ple_search.hparams import DEFAULTS, model_hparams, resolve_hparams
 from ple_search.model import PLE
 
@@ -255,10 +255,4 @@ def _check_enqueued(space: SearchSpace, index: int, config: Any) -> None:
 def load_space(path: str | Path) -> SearchSpace:
     """Read and validate a search space file (``yaml.safe_load``)."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: search space file not found") from None
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read search space: {exc}") from None
-    return parse_space(raw, str(path))
+    return parse_space(read_yaml(path, "search space"), str(path))

@@ -56,6 +56,26 @@ def check_exact(storage, study, target):
     return trials
 
 
+def long_trials(space):
+    """Make each trial last several seconds, so a signal lands mid-trial; returns the raw space."""
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 30, "patience": 30}
+    raw["dataset"]["options"]["n"] = 8000
+    space.write_text(yaml.safe_dump(raw))
+    return raw
+
+
+def children_of(pid, count, timeout=60):
+    """The pids of at least ``count`` child processes of ``pid``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+        if len(children) >= count:
+            return children
+        time.sleep(0.2)
+    raise AssertionError(f"process {pid} did not start {count} workers")
+
+
 def wait_for_running(storage, study, pid, timeout=60):
     """The number of a RUNNING trial of process ``pid``, once it has trained an epoch or so."""
     deadline = time.monotonic() + timeout
@@ -99,10 +119,7 @@ def test_two_processes_on_postgres_reach_exactly_the_target_and_hide_the_passwor
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_sigkilled_worker_on_postgres_is_recovered_and_retried(space, postgres):
-    raw = yaml.safe_load(space.read_text())
-    raw["budget"] = {"max_epochs": 30, "patience": 30}
-    raw["dataset"]["options"]["n"] = 8000
-    space.write_text(yaml.safe_dump(raw))
+    long_trials(space)
     study = f"kill-{uuid.uuid4().hex[:8]}"
     extra = ("--heartbeat-interval", "1", "--grace-period", "3")
     victim = subprocess.Popen(command(space, postgres, study, 4, *extra), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,19 +136,10 @@ def test_sigkilled_worker_on_postgres_is_recovered_and_retried(space, postgres):
 
 @pytest.mark.slow
 def test_sigkilled_worker_of_jobs_2_is_recovered_by_the_parent(tmp_path, space):
-    raw = yaml.safe_load(space.read_text())
-    raw["budget"] = {"max_epochs": 30, "patience": 30}
-    raw["dataset"]["options"]["n"] = 8000
-    space.write_text(yaml.safe_dump(raw))
+    long_trials(space)
     storage = str(tmp_path / "s.journal")
     parent = subprocess.Popen(command(space, storage, "jk", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    victim = None
-    while victim is None and time.monotonic() < deadline:
-        children = subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()
-        if children:
-            victim = int(children[0])
-        time.sleep(0.2)
+    victim = children_of(parent.pid, 1)[0]
     killed = wait_for_running(storage, "jk", victim)
     os.kill(victim, signal.SIGKILL)
     _, err = parent.communicate(timeout=300)
@@ -144,18 +152,10 @@ def test_sigkilled_worker_of_jobs_2_is_recovered_by_the_parent(tmp_path, space):
 
 @pytest.mark.slow
 def test_sigint_to_jobs_2_leaves_nothing_running_no_orphans_and_rerun_completes(tmp_path, space):
-    raw = yaml.safe_load(space.read_text())
-    raw["budget"] = {"max_epochs": 30, "patience": 30}
-    raw["dataset"]["options"]["n"] = 8000
-    space.write_text(yaml.safe_dump(raw))
+    raw = long_trials(space)
     storage = str(tmp_path / "s.journal")
     parent = subprocess.Popen(command(space, storage, "int", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    time.sleep(1)
-    children = []
-    deadline = time.monotonic() + 60
-    while len(children) < 2 and time.monotonic() < deadline:
-        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(parent.pid)], capture_output=True, text=True).stdout.split()]
-        time.sleep(0.2)
+    children = children_of(parent.pid, 2)
     wait_for_running(storage, "int", children[0])
     parent.send_signal(signal.SIGINT)
     _, err = parent.communicate(timeout=120)

@@ -14,7 +14,6 @@ from helpers import user_table
 from ple_search.cli.main import main
 from ple_search.export import Pick, load_config
 from ple_search.production import load_trained, predict
-from ple_search.storage import open_storage
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import urllib.request
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd

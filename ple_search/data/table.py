@@ -22,13 +22,12 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import yaml
-
 from ple_search.data import cache
 from ple_search.data.dataset import SPLITS, Dataset, from_frames
 from ple_search.data.preprocess import to_numeric
 from ple_search.data.schema import TASK_TYPES, Task
 from ple_search.errors import DataError
+from ple_search.files import read_yaml
 
 SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "tasks", "split"}
 TASK_KEYS = {"name", "column", "type", "labels"}
@@ -37,10 +36,7 @@ FORMATS = ("csv", "parquet")
 
 def read_spec(path: Path) -> dict[str, Any]:
     """The validated spec as a dict (``file`` resolved against the spec's folder)."""
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise DataError(f"{path}: cannot read dataset spec: {exc}") from None
+    spec = read_yaml(path, "dataset spec", DataError)
     if not isinstance(spec, dict):
         raise DataError(f"{path}: a dataset spec must be a mapping with keys {sorted(SPEC_KEYS)}")
     unknown = sorted(set(spec) - SPEC_KEYS)
