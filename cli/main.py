@@ -58,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--output", help="write the report to this file instead of stdout")
     pareto.add_argument("--plot", help="also write a Pareto plot (.png or .html)")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
+    pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     _storage_arg(studies)
@@ -77,6 +78,23 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=int, help="override the config's epoch budget")
     train.add_argument("--out", help="output folder (default results/STUDY/train-TIMESTAMP)")
     train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+
+    baselines = sub.add_parser("baselines", help="tune and retrain a single-task baseline per task of a study")
+    baselines.add_argument("--study", required=True)
+    _storage_arg(baselines)
+    baselines.add_argument("--trials", type=int, default=20, help="trials of each single-task search")
+    baselines.add_argument("--seeds", type=int, default=3, help="seeds the best single-task config is retrained on")
+    baselines.add_argument("--data-dir", help="folder holding the census files")
+    baselines.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+
+    confirm = sub.add_parser("confirm", help="retrain the front's configs on fresh seeds")
+    confirm.add_argument("--study", required=True)
+    _storage_arg(confirm)
+    confirm.add_argument("--top", type=int, help="only the K front trials with the largest hypervolume contribution")
+    confirm.add_argument("--trial", type=int, action="append", default=[], help="confirm this finished trial (repeatable)")
+    confirm.add_argument("--seeds", type=int, default=5)
+    confirm.add_argument("--data-dir", help="folder holding the census files")
+    confirm.add_argument("--threads", type=int, help="torch threads (default: all cores)")
 
     predict = sub.add_parser("predict", help="score raw rows with a trained model")
     predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
@@ -203,7 +221,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from ple_search.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
-    data = report(study, include_all=args.all)
+    data = report(study, include_all=args.all, confirmed=args.confirmed)
     if args.format == "table" and not args.output:
         header, cells = table_rows(data)
         table = Table(*header, title=summary_line(data))
@@ -307,6 +325,50 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study_and_data(args: argparse.Namespace):
+    """The study named by ``--study`` and its dataset, as ``run`` stored them."""
+    import torch
+
+    from ple_search.data import load_described
+    from ple_search.objective import quiet_libraries
+    from ple_search.pareto import study_meta
+    from ple_search.storage import load_study, open_storage
+
+    quiet_libraries()
+    torch.set_num_threads(args.threads or os.cpu_count() or 1)
+    storage = open_storage(args.storage)
+    study = load_study(args.study, storage)
+    return storage, study, load_described(study_meta(study)["dataset"], args.data_dir)
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from ple_search.baselines import run_baselines
+    from ple_search.progress import LogReporter
+
+    if args.trials < 1 or args.seeds < 1:
+        raise ConfigError("--trials and --seeds must be >= 1")
+    storage, study, dataset = _study_and_data(args)
+    results = run_baselines(study, storage, dataset, args.trials, args.seeds, lambda s, n: LogReporter(s, n, err))
+    for task, b in results.items():
+        err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
+    err.print(f"stored in study {args.study}; `ple-search pareto --study {args.study}` now shows MTL gains")
+    return 0
+
+
+def cmd_confirm(args: argparse.Namespace) -> int:
+    from ple_search.confirm import choose, run_confirm
+
+    if args.seeds < 1:
+        raise ConfigError("--seeds must be >= 1")
+    _, study, dataset = _study_and_data(args)
+    trials = choose(study, args.top, args.trial)
+    err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds")
+    result = run_confirm(study, dataset, trials, args.seeds)
+    stay = [n for n, c in result["trials"].items() if c["on_front"]]
+    err.print(f"non-dominated on the seed means: trials {stay}; `ple-search pareto --study {args.study} --confirmed` shows them")
+    return 0
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from ple_search.data.table import read_table
     from ple_search.export import parse_weights
@@ -349,7 +411,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return cmd_run(args, argv)
-        commands = {"pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train, "predict": cmd_predict}
+        commands = {
+            "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
+            "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm,
+        }  # fmt: skip
         return commands[args.command](args)
     except PLESearchError as exc:
         err.print(f"error: {exc}")

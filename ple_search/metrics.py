@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import statistics
 from typing import Sequence
 
 import torch
@@ -43,3 +44,11 @@ def task_metrics(outputs: Tensor, labels: Tensor, tasks: Sequence[Task]) -> dict
         out, y = outputs[known, k].float(), labels[known, k]
         result[task.name] = roc_auc(out, y) if task.type == "binary" else rmse(out, y)
     return result
+
+
+def summarize(runs: Sequence[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Per-key mean and population standard deviation over runs (0 for a single run)."""
+    keys = runs[0].keys()
+    mean = {k: statistics.fmean(r[k] for r in runs) for k in keys}
+    std = {k: statistics.pstdev([r[k] for r in runs]) if len(runs) > 1 else 0.0 for k in keys}
+    return mean, std

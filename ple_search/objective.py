@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 import pytorch_lightning as pl
@@ -27,6 +27,7 @@ from ple_search.module import PLEModule
 from ple_search.space import SearchSpace
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
+StopCheck = Callable[[int, dict[str, float]], bool]  # (epochs done, best metrics so far) -> stop?
 
 
 def quiet_libraries() -> None:
@@ -49,10 +50,13 @@ class EpochRecorder(pl.Callback):
     """Records each epoch's validation metrics, keeps the best epoch's weights in memory and stops
     the run after ``patience`` epochs without improvement."""
 
-    def __init__(self, objectives: Sequence[Task], patience: int, hook: EpochHook | None = None) -> None:
-        self.objectives, self.patience, self.hook = list(objectives), patience, hook
+    def __init__(
+        self, objectives: Sequence[Task], patience: int, hook: EpochHook | None = None, stop_check: StopCheck | None = None
+    ) -> None:
+        self.objectives, self.patience, self.hook, self.stop_check = list(objectives), patience, hook, stop_check
         self.curve: list[dict[str, float]] = []
         self.best_score, self.best_epoch, self.best_state, self.wait = -math.inf, -1, None, 0
+        self.pruned_at: int | None = None
 
     def on_validation_end(self, trainer: pl.Trainer, module: PLEModule) -> None:
         if trainer.sanity_checking:
@@ -68,6 +72,9 @@ class EpochRecorder(pl.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 trainer.should_stop = True
+        if self.stop_check is not None and self.best_epoch >= 0 and self.stop_check(epoch + 1, self.curve[self.best_epoch]):
+            self.pruned_at = epoch + 1
+            trainer.should_stop = True
         if self.hook is not None:
             self.hook(epoch, trainer.max_epochs, self.best_epoch, metrics)
 
@@ -107,7 +114,12 @@ def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback]) -> pl.Tr
 
 
 def train_config(
-    hparams: dict[str, Any], dataset: Dataset, settings: TrialSettings, seed: int, hook: EpochHook | None = None
+    hparams: dict[str, Any],
+    dataset: Dataset,
+    settings: TrialSettings,
+    seed: int,
+    hook: EpochHook | None = None,
+    stop_check: StopCheck | None = None,
 ) -> tuple[PLEModule, EpochRecorder, float]:
     """Train one config to its best validation epoch; returns the module (best weights loaded),
     the recorder and the training seconds."""
@@ -116,7 +128,7 @@ def train_config(
         module = PLEModule(dataset.schema, hparams)
     except ConfigError as exc:
         raise TrialFailed(f"config cannot be built: {exc}") from None
-    recorder = EpochRecorder(settings.objectives, settings.patience, hook)
+    recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
     data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
     start = time.perf_counter()
     make_trainer(settings, [recorder]).fit(module, data)
@@ -127,19 +139,54 @@ def train_config(
     return module, recorder, seconds
 
 
+@dataclass
+class SeedRun:
+    """One seed's training of a config: the module at its best epoch and its metrics."""
+
+    seed: int
+    module: PLEModule
+    recorder: EpochRecorder
+    seconds: float
+    val: dict[str, float]
+    test: dict[str, float]
+
+
+def train_on_seeds(
+    hparams: dict[str, Any],
+    dataset: Dataset,
+    settings: TrialSettings,
+    seeds: Sequence[int],
+    hook: Callable[[int], EpochHook] | None = None,
+) -> Iterator[SeedRun]:
+    """Train ``hparams`` once per seed, yielding each run with validation (best epoch) and test metrics."""
+    for seed in seeds:
+        module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook(seed) if hook else None)
+        yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
+
+
 def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, hook: EpochHook | None = None) -> list[float]:
     """Train the trial's config and store its curves, test metrics, size and time as user attributes."""
     hparams = space.sample(trial)
-    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook)
+    stop_check = None
+    if space.pruner is not None:
+        pruner = space.pruner
+
+        def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
+            return pruner.should_prune(trial, epochs_done, [best[t.name] for t in settings.objectives])
+
+    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook, stop_check)
     best = recorder.curve[recorder.best_epoch]
     trial.set_user_attr("hparams", module.config)
     trial.set_user_attr("val_curve", recorder.curve)
     trial.set_user_attr("val", best)
-    trial.set_user_attr("test", evaluate(module, dataset.test))
     trial.set_user_attr("best_epoch", recorder.best_epoch + 1)
     trial.set_user_attr("epochs_run", len(recorder.curve))
     trial.set_user_attr("n_params", sum(p.numel() for p in module.parameters()))
     trial.set_user_attr("train_seconds", round(seconds, 3))
+    if recorder.pruned_at is not None:
+        trial.set_user_attr("pruned_at", recorder.pruned_at)
+        raise optuna.TrialPruned(f"pruned by MO-ASHA after {recorder.pruned_at} epochs")
+    trial.set_user_attr("test", evaluate(module, dataset.test))
     values = [best[t.name] for t in settings.objectives]
     if any(math.isnan(v) for v in values):
         raise TrialFailed(f"undefined validation metric at the best epoch: {best}")

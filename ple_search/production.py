@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import warnings
 from pathlib import Path
@@ -30,7 +29,8 @@ from ple_search.data.schema import Schema
 from ple_search.errors import ConfigError, DataError
 from ple_search.export import write_config
 from ple_search.module import PLEModule
-from ple_search.objective import EpochHook, TrialSettings, evaluate, score, train_config
+from ple_search.metrics import summarize
+from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
 
 METRICS, PREPROCESSOR, SCRIPTED, CONFIG = "metrics.json", "preprocessor.json", "model.pt", "config.yaml"
 
@@ -84,23 +84,23 @@ def train(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
-        runs, best_seed, best_score, best_module = {}, None, -np.inf, None
-        for seed in range(seeds):
-            module, recorder, seconds = train_config(config["hparams"], dataset, settings, seed, hook(seed) if hook else None)
-            val = recorder.curve[recorder.best_epoch]
-            runs[seed] = {"val": val, "test": evaluate(module, dataset.test), "best_epoch": recorder.best_epoch + 1, "train_seconds": round(seconds, 3)}
-            (work / f"seed-{seed}").mkdir()
-            module.trainer.save_checkpoint(work / f"seed-{seed}" / "best.ckpt")
-            if score(val, tasks) > best_score:
-                best_seed, best_score, best_module = seed, score(val, tasks), module
-        example = (dataset.test.cat[:2].to(best_module.device), dataset.test.num[:2].to(best_module.device))
-        torchscript(best_module, example).save(str(work / SCRIPTED))
+        runs, best = {}, None
+        for run in train_on_seeds(config["hparams"], dataset, settings, range(seeds), hook):
+            runs[run.seed] = {"val": run.val, "test": run.test, "best_epoch": run.recorder.best_epoch + 1, "train_seconds": round(run.seconds, 3)}
+            (work / f"seed-{run.seed}").mkdir()
+            run.module.trainer.save_checkpoint(work / f"seed-{run.seed}" / "best.ckpt")
+            if best is None or score(run.val, tasks) > score(best.val, tasks):
+                best = run
+        example = (dataset.test.cat[:2].to(best.module.device), dataset.test.num[:2].to(best.module.device))
+        torchscript(best.module, example).save(str(work / SCRIPTED))
+        val_mean, val_std = summarize([r["val"] for r in runs.values()])
+        test_mean, test_std = summarize([r["test"] for r in runs.values()])
         metrics = {
             "runs": {str(seed): run for seed, run in runs.items()},
-            "mean": {split: _stat(runs, split, statistics.fmean) for split in ("val", "test")},
-            "std": {split: _stat(runs, split, lambda v: statistics.pstdev(v) if len(v) > 1 else 0.0) for split in ("val", "test")},
-            "best_seed": best_seed,
-            "checkpoint": f"seed-{best_seed}/best.ckpt",
+            "mean": {"val": val_mean, "test": test_mean},
+            "std": {"val": val_std, "test": test_std},
+            "best_seed": best.seed,
+            "checkpoint": f"seed-{best.seed}/best.ckpt",
         }
         (work / METRICS).write_text(json.dumps(metrics, indent=2))
         (work / PREPROCESSOR).write_text(json.dumps({"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict()}))
@@ -110,11 +110,6 @@ def train(
         shutil.rmtree(work, ignore_errors=True)
         raise
     return metrics
-
-
-def _stat(runs: dict[int, dict[str, Any]], split: str, fn: Callable[[list[float]], float]) -> dict[str, float]:
-    tasks = next(iter(runs.values()))[split]
-    return {t: fn([run[split][t] for run in runs.values()]) for t in tasks}
 
 
 def load_trained(out_dir: str | Path) -> tuple[PLEModule, Preprocessor]:

@@ -56,6 +56,8 @@ class LogReporter(_Base):
         if trial.state == optuna.trial.TrialState.COMPLETE:
             values = " ".join(f"{k}={v:.4f}" for k, v in zip(self.summary["best"], trial.values))
             outcome = f"{values} in {trial.user_attrs.get('train_seconds', 0):.1f}s"
+        elif trial.state == optuna.trial.TrialState.PRUNED:
+            outcome = f"PRUNED after {trial.user_attrs.get('pruned_at')} epochs"
         else:
             outcome = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', '')}"
         self.console.print(
@@ -83,7 +85,8 @@ class LiveReporter(_Base):
         elapsed = time.monotonic() - self.start
         done = self.finished - self.finished_at_start
         table = Table(title=f"ple-search: study {self.study.study_name}", show_header=False, box=None)
-        table.add_row("trials", f"{self.finished}/{self.target} finished")
+        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+        table.add_row("trials", f"{self.finished}/{self.target} finished ({pruned} pruned)")
         table.add_row("running", f"trial {self.running}: {self.epoch_text}" if self.running is not None else "-")
         table.add_row("elapsed / ETA", f"{_clock(elapsed)} / {_clock(eta_seconds(elapsed, done, self.target - self.finished))}")
         table.add_row("Pareto front", f"{self.summary['front']} trials, hypervolume {self.summary['hypervolume']:.5f}")
@@ -143,7 +146,8 @@ class WorkersReporter(_Base):
         done = self.finished - self.finished_at_start
         running = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
         table = Table(title=f"ple-search: study {self.study.study_name}, {len(self.lines)} workers", show_header=False, box=None)
-        table.add_row("trials", f"{self.finished}/{self.target} finished, {running} running")
+        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+        table.add_row("trials", f"{self.finished}/{self.target} finished ({pruned} pruned), {running} running")
         table.add_row("elapsed / ETA", f"{_clock(elapsed)} / {_clock(eta_seconds(elapsed, done, self.target - self.finished))}")
         table.add_row("Pareto front", f"{self.summary['front']} trials, hypervolume {self.summary['hypervolume']:.5f}")
         table.add_row("best", " ".join(f"{k}={v:.4f}" for k, v in self.summary["best"].items()) or "-")

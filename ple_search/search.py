@@ -193,6 +193,8 @@ def run_search(
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
+        except optuna.TrialPruned:
+            raise
         except Exception as exc:  # any failing trial is recorded; the study goes on
             reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason[:2000])

@@ -13,6 +13,7 @@ params:
   dwa_temperature: {type: float, low: 0.5, high: 5, when: {loss_weighting: [dwa]}}
 enqueue:                           # optional: configs tried first (e.g. the paper's)
   - {levels: 1, experts_per_task: 3, shared_experts: 2}
+pruner: {type: mo-asha, min_epochs: 1, eta: 3}   # optional: multi-objective early stopping
 ```
 """
 
@@ -29,8 +30,9 @@ from ple_search.errors import ConfigError
 from ple_search.files import read_yaml
 from ple_search.hparams import DEFAULTS, model_hparams, resolve_hparams
 from ple_search.model import PLE
+from ple_search.pruning import MOASHA, parse_pruner
 
-TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue"}
+TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
@@ -85,6 +87,7 @@ class SearchSpace:
     params: list[Param]
     enqueue: list[dict[str, Any]]
     raw: dict[str, Any]
+    pruner: MOASHA | None = None
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The full hyperparameter dict for ``trial``: fixed values plus sampled ones."""
@@ -228,7 +231,8 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     if max(_possible(fixed, params, "experts_per_task")) + max(_possible(fixed, params, "shared_experts")) == 0:
         raise _fail(path, "experts_per_task", "impossible space: 'experts_per_task' and 'shared_experts' are always 0")
     enqueue = raw.get("enqueue") or []
-    space = SearchSpace(path, dataset, objectives, sampler, budget, fixed, _conditions_first(path, params), enqueue, raw)
+    pruner = parse_pruner(path, raw.get("pruner"))
+    space = SearchSpace(path, dataset, objectives, sampler, budget, fixed, _conditions_first(path, params), enqueue, raw, pruner)
     for i, config in enumerate(enqueue):
         _check_enqueued(space, i, config)
     return space

@@ -55,6 +55,16 @@ class Dataset:
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
+    def select_tasks(self, names: list[str]) -> "Dataset":
+        """The same features and splits with only the given tasks (e.g. for single-task baselines)."""
+        unknown = [n for n in names if n not in self.schema.task_names]
+        if unknown:
+            raise DataError(f"unknown task '{unknown[0]}'; tasks: {self.schema.task_names}")
+        idx = [self.schema.task_names.index(n) for n in names]
+        splits = [Split(s.cat, s.num, s.labels[:, idx]) for s in (self.train, self.val, self.test)]
+        schema = Schema(self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric, tuple(self.schema.tasks[i] for i in idx))
+        return Dataset(schema, *splits, self.preprocessor, dict(self.info))
+
     def check_labels(self, where: str) -> None:
         """Every task needs labels in every split, and a binary task both classes (AUC is undefined
         otherwise); raise a ``DataError`` naming ``where``, the task and the split."""

@@ -1,0 +1,74 @@
+"""Single-task baselines of a study, the reference for MTL gain, seesaw and negative transfer.
+
+Protocol, per task of the study: a single-task study ``<study>:single:<task>`` in the same storage
+searches the same space (loss-weighting keys dropped: one task has nothing to weigh) with the same
+per-trial budget, for the same ``PLE`` with ``num_tasks=1`` (its experts and one tower) on the same
+features and splits; its best config (validation) is then retrained on ``seeds`` seeds and
+evaluated on test. Mean and std per task are stored in the study's user attribute ``baselines``.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Callable
+
+import optuna
+
+from ple_search.data import Dataset
+from ple_search.metrics import summarize
+from ple_search.objective import TrialSettings, train_on_seeds
+from ple_search.pareto import study_meta
+from ple_search.search import Reporter, open_study, run_search
+from ple_search.space import SearchSpace, parse_space
+
+BASELINES_KEY = "baselines"
+WEIGHTING_KEYS = ("loss_weighting", "task_weights", "schedule_gamma", "dwa_temperature", "gradnorm_alpha")
+
+
+def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
+    """The study's space for one task: loss-weighting keys removed everywhere."""
+    raw = copy.deepcopy(raw)
+    raw["objectives"] = [task]
+    for section in ("params", "fixed"):
+        for key in WEIGHTING_KEYS:
+            (raw.get(section) or {}).pop(key, None)
+    raw["enqueue"] = [{k: v for k, v in config.items() if k not in WEIGHTING_KEYS} for config in raw.get("enqueue") or []]
+    return parse_space(raw, where)
+
+
+def baseline_study_name(study: str, task: str) -> str:
+    return f"{study}:single:{task}"
+
+
+def run_baselines(
+    study: optuna.Study,
+    storage: optuna.storages.BaseStorage,
+    dataset: Dataset,
+    trials: int,
+    seeds: int,
+    reporter: Callable[[optuna.Study, int], Reporter],
+    sampler_seed: int = 0,
+    accelerator: str = "cpu",
+) -> dict[str, Any]:
+    """Search and retrain a single-task baseline per objective; store and return the results."""
+    meta = study_meta(study)
+    results = dict(study.user_attrs.get(BASELINES_KEY, {}))
+    for task in meta["objectives"]:
+        single = dataset.select_tasks([task])
+        space = single_task_space(meta["space"], task, f"single-task space of study '{study.study_name}' ({task})")
+        name = baseline_study_name(study.study_name, task)
+        baseline = open_study(name, storage, space, single, space.make_sampler(None, sampler_seed))
+        budget = meta["budget"]
+        settings = TrialSettings(list(single.schema.tasks), budget["max_epochs"], budget["patience"], sampler_seed, accelerator)
+        with reporter(baseline, trials) as progress:
+            run_search(baseline, space, single, settings, trials, progress)
+        best = baseline.best_trial
+        runs = list(train_on_seeds(best.user_attrs["hparams"], single, settings, range(seeds)))
+        val_mean, val_std = summarize([r.val for r in runs])
+        test_mean, test_std = summarize([r.test for r in runs])
+        results[task] = {
+            "study": name, "trial": best.number, "hparams": best.user_attrs["hparams"], "seeds": seeds,
+            "val_mean": val_mean[task], "val_std": val_std[task], "test_mean": test_mean[task], "test_std": test_std[task],
+        }  # fmt: skip
+        study.set_user_attr(BASELINES_KEY, results)
+    return results

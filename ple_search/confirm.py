@@ -1,0 +1,75 @@
+"""Confirm a study's front on fresh seeds, so a lucky trial cannot pose as a winner.
+
+Each chosen trial's config (the whole front, its top K by hypervolume contribution, or named
+trials) is retrained on ``seeds`` fresh seeds (offset 10000, never used by the search), with the
+study's budget; validation and test metrics are averaged per task. The front is recomputed on the
+validation means (the metric the search selected on) and each trial is marked as staying on it
+or not. Results are stored in the study's user attribute ``confirmed``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ple_search.data import Dataset
+from ple_search.errors import ConfigError, StorageError
+from ple_search.metrics import summarize
+from ple_search.objective import TrialSettings, train_on_seeds
+from ple_search.pareto import finished_trials, hypervolume, nondominated_ranks, study_meta
+
+CONFIRMED_KEY = "confirmed"
+SEED_OFFSET = 10_000
+
+
+def hypervolume_contributions(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> np.ndarray:
+    """How much hypervolume the front loses without each point."""
+    total = hypervolume(values, directions, reference)
+    return np.array([total - hypervolume(np.delete(values, i, axis=0), directions, reference) for i in range(len(values))])
+
+
+def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] = ()) -> list[FrozenTrial]:
+    """Named finished trials, else the front or its ``top`` trials by hypervolume contribution."""
+    meta = study_meta(study)
+    trials = finished_trials(study)
+    if not trials:
+        raise StorageError(f"study '{study.study_name}' has no finished trials to confirm")
+    if numbers:
+        by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
+        for n in numbers:
+            if n not in by_number or by_number[n].state != TrialState.COMPLETE:
+                raise ConfigError(f"trial {n} of study '{study.study_name}' is not a finished trial")
+        return [by_number[n] for n in numbers]
+    directions = [d.name.lower() for d in study.directions]
+    values = np.array([t.values for t in trials])
+    front = [t for t, r in zip(trials, nondominated_ranks(values, directions)) if r == 0]
+    if top is None or top >= len(front):
+        return front
+    contributions = hypervolume_contributions(np.array([t.values for t in front]), directions, meta["reference_point"])
+    return [front[i] for i in np.argsort(-contributions, kind="stable")[:top]]
+
+
+def run_confirm(
+    study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, accelerator: str = "cpu"
+) -> dict[str, Any]:
+    """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
+    meta = study_meta(study)
+    directions = [d.name.lower() for d in study.directions]
+    tasks = [dataset.schema.tasks[dataset.schema.task_names.index(n)] for n in meta["objectives"]]
+    settings = TrialSettings(tasks, meta["budget"]["max_epochs"], meta["budget"]["patience"], accelerator=accelerator)
+    confirmed = dict(study.user_attrs.get(CONFIRMED_KEY, {}).get("trials", {}))
+    for trial in trials:
+        runs = list(train_on_seeds(trial.user_attrs["hparams"], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
+        val_mean, val_std = summarize([r.val for r in runs])
+        test_mean, test_std = summarize([r.test for r in runs])
+        confirmed[str(trial.number)] = {"seeds": seeds, "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std}
+    numbers = list(confirmed)
+    means = np.array([[confirmed[n]["val_mean"][t] for t in meta["objectives"]] for n in numbers])
+    for n, rank in zip(numbers, nondominated_ranks(means, directions)):
+        confirmed[n]["on_front"] = bool(rank == 0)
+    result = {"seed_offset": SEED_OFFSET, "trials": confirmed}
+    study.set_user_attr(CONFIRMED_KEY, result)
+    return result

@@ -1,0 +1,107 @@
+"""MO-ASHA: ranking and promotion on hand-made vectors, and pruning inside real studies."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+
+from ple_search.cli.main import main
+from ple_search.errors import ConfigError
+from ple_search.pruning import MOASHA, crowding_distance, mo_order, parse_pruner
+from ple_search.storage import open_storage
+
+MAX2 = ["maximize", "maximize"]
+
+
+def test_order_by_front_then_crowding_two_objectives():
+    values = np.array([
+        [0.70, 0.70],  # 0: dominated by 1 -> second front
+        [0.80, 0.80],  # 1: front, middle
+        [0.95, 0.60],  # 2: front, extreme
+        [0.60, 0.95],  # 3: front, extreme
+        [0.85, 0.75],  # 4: front, crowded next to 1
+    ])  # fmt: skip
+    order = list(mo_order(values, MAX2))
+    assert set(order[:4]) == {1, 2, 3, 4} and order[4] == 0
+    assert set(order[:2]) == {2, 3}  # boundary points have infinite crowding distance
+    assert order[2] == 1  # 1 is less crowded than 4
+
+
+def test_minimise_three_objectives_and_exact_ties():
+    values = np.array([[1.0, 1.0, 1.0], [0.5, 2.0, 1.0], [1.0, 1.0, 1.0], [2.0, 2.0, 2.0]])
+    order = list(mo_order(values, ["minimize"] * 3))
+    assert order[-1] == 3 and order.index(0) < order.index(2)  # the exact tie keeps the earlier row
+    assert np.isinf(crowding_distance(values[:2])).all()
+
+
+def test_promotion_quota_is_one_over_eta_and_at_least_one():
+    pruner = MOASHA(min_epochs=1, eta=3)
+    others = np.array([[0.9, 0.9], [0.8, 0.8], [0.7, 0.7], [0.6, 0.6], [0.5, 0.5]])
+    assert pruner.keep([0.85, 0.85], others, MAX2)  # second of six, quota 2
+    assert not pruner.keep([0.75, 0.75], others, MAX2)  # third of six
+    assert pruner.keep([0.1, 0.1], np.empty((0, 2)), MAX2)  # alone: the best continues
+    assert not pruner.keep([0.1, 0.1], np.array([[0.2, 0.2]]), MAX2)  # two, quota 1
+    assert pruner.keep([0.4, 0.1], np.array([[0.3, 0.2]]), ["minimize", "maximize"]) is False
+    assert pruner.keep([0.2, 0.3], np.array([[0.3, 0.2]]), ["minimize", "maximize"])
+
+
+def test_rungs_are_min_epochs_times_powers_of_eta():
+    assert [e for e in range(1, 30) if MOASHA(1, 3).is_rung(e)] == [1, 3, 9, 27]
+    assert [e for e in range(1, 20) if MOASHA(2, 2).is_rung(e)] == [2, 4, 8, 16]
+
+
+@pytest.mark.parametrize("raw, match", [
+    ({"type": "hyperband"}, "must be none or"),
+    ({"type": "mo-asha", "eta": 1}, "pruner.eta': must be an integer >= 2"),
+    ({"type": "mo-asha", "min_epochs": 0}, "pruner.min_epochs"),
+    ({"type": "mo-asha", "rate": 2}, "pruner.rate': unknown"),
+])  # fmt: skip
+def test_pruner_config_errors(raw, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_pruner("space.yaml", raw)
+    assert parse_pruner("space.yaml", "none") is None and parse_pruner("s", None) is None
+
+
+SPACE = {
+    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
+    "sampler": {"name": "random", "seed": 0},
+    "budget": {"max_epochs": 4, "patience": 4},
+    "fixed": {"batch_size": 64, "tower_hidden": [4]},
+    "params": {"lr": {"type": "float", "low": 1e-4, "high": 3e-2, "log": True},
+               "expert_hidden": {"type": "categorical", "choices": [[4], [8]]}},
+    "pruner": {"type": "mo-asha", "min_epochs": 1, "eta": 2},
+}  # fmt: skip
+
+
+def run_pruned(tmp_path, *extra, trials=8):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    storage = str(tmp_path / "s.journal")
+    argv = ["run", "--study", "pr", "--space", str(path), "--trials", str(trials), "--storage", storage, "--quiet", "--threads", "1", *extra]
+    assert main(argv) == 0
+    return storage, optuna.load_study(study_name="pr", storage=open_storage(storage))
+
+
+def test_a_pruned_study_finishes_its_target_and_reports_pruned_trials(tmp_path, capsys):
+    storage, study = run_pruned(tmp_path)
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") >= 1 and states.count("COMPLETE") >= 1 and "RUNNING" not in states
+    assert states.count("PRUNED") + states.count("COMPLETE") == 8
+    pruned = [t for t in study.trials if t.state.name == "PRUNED"]
+    for t in pruned:
+        assert t.user_attrs["pruned_at"] < 4 and str(t.user_attrs["pruned_at"]) in t.user_attrs["rungs"]
+    assert "PRUNED after" in capsys.readouterr().err
+    assert main(["pareto", "--study", "pr", "--storage", storage, "--all", "--format", "json", "--plot", str(tmp_path / "p.png")]) == 0
+    rows = json.loads(capsys.readouterr().out)["trials"]
+    assert {r["number"] for r in rows if r["rank"] is None} == {t.number for t in pruned}
+    assert all(r["pruned_at"] for r in rows if r["rank"] is None) and (tmp_path / "p.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_pruning_works_with_two_workers(tmp_path):
+    _, study = run_pruned(tmp_path, "--jobs", "2")
+    states = [t.state.name for t in study.trials]
+    assert states.count("PRUNED") + states.count("COMPLETE") == 8 and "RUNNING" not in states
+    assert len({t.user_attrs.get("worker") for t in study.trials}) == 2
