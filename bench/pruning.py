@@ -1,6 +1,6 @@
 """MO-ASHA against no pruning on the census-dev study: same space, sampler and seed, the same
 wall-clock budget each. Both arms run at the same time with one torch thread each, so they see the
-same machine. Prints a table and writes a hypervolume-over-time plot and the table.
+same machine. Prints a table and writes a hypervolume-over-time plot, the table, each arm's space and journal.
 
     python bench/pruning.py [--minutes 15] [--data-dir ../shared/data/census-income-kdd] [--out results/pruning]
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -47,20 +46,20 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.space).read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        procs, storages = {}, {}
-        for i, (name, pruner) in enumerate(ARMS.items()):
-            space = Path(tmp) / f"arm{i}.yaml"
-            space.write_text(yaml.safe_dump({**base, "pruner": pruner}, sort_keys=False))
-            storages[name] = str(Path(tmp) / f"arm{i}.journal")
-            cmd = [sys.executable, "-m", "ple_search.cli.main", "run", "--study", f"arm{i}", "--space", str(space),
-                   "--data-dir", args.data_dir, "--trials", "100000", "--timeout", str(args.minutes * 60),
-                   "--storage", storages[name], "--threads", "1", "--quiet"]  # fmt: skip
-            procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        for proc in procs.values():
-            proc.wait()
-        studies = {name: optuna.load_study(study_name=f"arm{i}", storage=open_storage(storages[name])) for i, name in enumerate(ARMS)}
-        curves = {name: hypervolume_curve(study) for name, study in studies.items()}
+    procs, storages = {}, {}
+    for i, (name, pruner) in enumerate(ARMS.items()):
+        space = out / f"space-arm{i}.yaml"
+        space.write_text(yaml.safe_dump({**base, "pruner": pruner}, sort_keys=False))
+        storages[name] = str(out / f"arm{i}.journal")
+        Path(storages[name]).unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "ple_search.cli.main", "run", "--study", f"arm{i}", "--space", str(space),
+               "--data-dir", args.data_dir, "--trials", "100000", "--timeout", str(args.minutes * 60),
+               "--storage", storages[name], "--threads", "1", "--quiet"]  # fmt: skip
+        procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for proc in procs.values():
+        proc.wait()
+    studies = {name: optuna.load_study(study_name=f"arm{i}", storage=open_storage(storages[name])) for i, name in enumerate(ARMS)}
+    curves = {name: hypervolume_curve(study) for name, study in studies.items()}
     baseline_name, pruned_name = list(ARMS)
     target = curves[baseline_name][1][-1]
     budget = args.minutes * 60

@@ -231,7 +231,9 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     else:
         text = render(data, "markdown" if args.format == "table" else args.format)
         if args.output:
-            _atomic_write(Path(args.output), text)
+            from ple_search.files import atomic_write_text
+
+            atomic_write_text(Path(args.output), text)
         else:
             sys.stdout.write(text)
     if args.plot:
@@ -389,12 +391,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     os.replace(tmp, out)
     err.print(f"wrote {len(result)} rows to {out}")
     return 0
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    from ple_search.files import atomic_write_text
-
-    atomic_write_text(path, text)
 
 
 def _raise_interrupt(signum, frame) -> None:

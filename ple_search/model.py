@@ -133,10 +133,14 @@ class Level(nn.Module):
     """One extraction level: per-task experts, shared experts, task gates and a shared gate.
 
     Expert activations are kept expert-major, ``[E, B, d]`` with task k's expert p at index
-    ``k*P + p`` and the shared experts last, so deeper expert layers are one ``bmm``. First layers:
-    ``task_expert_in`` (one group per task, columns ``[p*h, (p+1)*h)`` for expert p),
-    ``shared_expert_in``, ``task_gate_in`` and ``shared_gate_in``. At level 0 every branch reads
-    the same input and all four run as one matmul over their concatenated weights.
+    ``k*P + p`` and the shared experts last, so deeper expert layers are one ``bmm``.
+
+    First layers. At level 0 (``shared_input``) every branch reads the same input, so all experts'
+    first layers are one ``[in, E*h]`` matmul (``expert_in``; expert e owns columns
+    ``[e*h, (e+1)*h)``) and all gates' first layers another (``gate_in``: task gates, then the
+    shared gate). At deeper levels task k's experts and gate read task k's input:
+    ``task_expert_in`` / ``task_gate_in`` (one group per task) and ``shared_expert_in`` /
+    ``shared_gate_in`` for the shared branch.
     """
 
     def __init__(
@@ -150,68 +154,64 @@ class Level(nn.Module):
         shared_gate: bool,
         activation: str,
         dropout: float,
+        shared_input: bool = False,
     ) -> None:
         super().__init__()
         t, p, s = num_tasks, experts_per_task, shared_experts
         self.t, self.p, self.s = t, p, s
         self.h = expert_hidden[0]
+        self.shared_input = shared_input
         self.activation = make_activation(activation)
+        # First-layer outputs are fresh matmul results: activating them in place saves a pass.
         self.activation_inplace = make_activation(activation, inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         # A gate over a single expert is the identity: it is left out rather than kept untrainable.
         self.task_gate_size = p + s if p + s > 1 else 0
         self.shared_gate_size = t * p + s if shared_gate and t * p + s > 1 else 0
         self.has_shared_out = shared_gate
-        task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
-        shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
-        self.task_expert_in = GroupedLinear(t, in_dim, p * self.h) if p else None
-        self.shared_expert_in = DenseLinear(in_dim, s * self.h) if s else None
-        self.task_gate_in = GroupedLinear(t, in_dim, task_gate_first) if task_gate_first else None
-        self.shared_gate_in = DenseLinear(in_dim, shared_gate_first) if shared_gate_first else None
+        self.task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
+        self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
+        gate_width = t * self.task_gate_first + self.shared_gate_first
+        if shared_input:
+            self.expert_in = DenseLinear(in_dim, (t * p + s) * self.h)
+            self.gate_in = DenseLinear(in_dim, gate_width) if gate_width else None
+        else:
+            self.task_expert_in = GroupedLinear(t, in_dim, p * self.h) if p else None
+            self.shared_expert_in = DenseLinear(in_dim, s * self.h) if s else None
+            self.task_gate_in = GroupedLinear(t, in_dim, self.task_gate_first) if self.task_gate_first else None
+            self.shared_gate_in = DenseLinear(in_dim, self.shared_gate_first) if self.shared_gate_first else None
         self.task_experts = GroupedMLP(t * p, list(expert_hidden), activation, dropout, True) if p else None
         self.shared_expert_stack = GroupedMLP(s, list(expert_hidden), activation, dropout, True) if s else None
-        self.task_gates = GroupedMLP(t, [*gate_hidden, p + s], activation, 0.0, False) if task_gate_first and gate_hidden else None
-        self.shared_gate = GroupedMLP(1, [*gate_hidden, t * p + s], activation, 0.0, False) if shared_gate_first and gate_hidden else None
+        self.task_gates = GroupedMLP(t, [*gate_hidden, p + s], activation, 0.0, False) if self.task_gate_first and gate_hidden else None
+        self.shared_gate = GroupedMLP(1, [*gate_hidden, t * p + s], activation, 0.0, False) if self.shared_gate_first and gate_hidden else None
 
-    def _parts(self) -> list[tuple[str, nn.Module | None]]:
-        return [
-            ("task_experts", self.task_expert_in),
-            ("shared_experts", self.shared_expert_in),
-            ("task_gates", self.task_gate_in),
-            ("shared_gate", self.shared_gate_in),
-        ]
-
-    def first_layers(self, task_in: Tensor | None, shared_in: Tensor | None) -> dict[str, Tensor]:
-        """Raw first-layer outputs: task parts ``[T, B, w]``, shared parts ``[B, w]``.
-
-        ``task_in is None`` means every branch reads ``shared_in`` (level 0): one fused matmul,
-        whose task-expert part is returned as ``[B, T*P*h]``.
-        """
-        if task_in is not None:
-            return {
-                name: (layer(task_in) if isinstance(layer, GroupedLinear) else layer(shared_in))
-                for name, layer in self._parts()
-                if layer is not None
-            }
-        present = [(name, layer) for name, layer in self._parts() if layer is not None]
-        weights, biases, widths = [], [], []
-        for _, layer in present:
-            w = layer.weight
-            if isinstance(layer, GroupedLinear):  # [T, in, w] -> [in, T*w], task-major columns
-                weights.append(w.permute(1, 0, 2).reshape(w.shape[1], -1))
-                biases.append(layer.bias.reshape(-1))
-            else:
-                weights.append(w)
-                biases.append(layer.bias)
-            widths.append(weights[-1].shape[1])
-        # torch.split, not slicing: its backward is one concatenation, not zero-fills plus copies.
-        fused = torch.addmm(torch.cat(biases), shared_in, torch.cat(weights, dim=1)).split(widths, dim=1)
-        out = {}
-        for (name, layer), part in zip(present, fused):
-            # Task experts stay [B, T*P*h]: their columns are already expert-major (see forward).
-            grouped = isinstance(layer, GroupedLinear) and name != "task_experts"
-            out[name] = part.unflatten(1, (self.t, -1)).transpose(0, 1) if grouped else part
-        return out
+    def first_layers(
+        self, task_in: Tensor | None, shared_in: Tensor | None
+    ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
+        """Activated first expert layers ``[T*P, B, h]`` and ``[S, B, h]``, and raw gate logits
+        ``[T, B, g]`` and ``[B, g]`` (None where absent)."""
+        t, p, s, h = self.t, self.p, self.s, self.h
+        task_gates = shared_gate = None
+        if self.shared_input:
+            hidden = self.dropout(self.activation_inplace(self.expert_in(shared_in)))
+            experts = hidden.unflatten(1, (t * p + s, h)).transpose(0, 1)  # a free view
+            task_h, shared_h = experts[: t * p] if p else None, experts[t * p :] if s else None
+            if self.gate_in is not None:
+                task_logits, shared_gate = self.gate_in(shared_in).split([t * self.task_gate_first, self.shared_gate_first], 1)
+                task_gates = task_logits.unflatten(1, (t, -1)).transpose(0, 1) if self.task_gate_first else None
+            return task_h, shared_h, task_gates, shared_gate if self.shared_gate_first else None
+        task_h = shared_h = None
+        if p:  # [T, B, P*h] -> [T*P, B, h]
+            hidden = self.dropout(self.activation_inplace(self.task_expert_in(task_in)))
+            task_h = hidden.unflatten(2, (p, h)).permute(0, 2, 1, 3).reshape(t * p, -1, h)
+        if s:  # [B, S*h] -> [S, B, h]
+            hidden = self.dropout(self.activation_inplace(self.shared_expert_in(shared_in)))
+            shared_h = hidden.unflatten(1, (s, h)).transpose(0, 1)
+        if self.task_gate_in is not None:
+            task_gates = self.task_gate_in(task_in)
+        if self.shared_gate_in is not None:
+            shared_gate = self.shared_gate_in(shared_in)
+        return task_h, shared_h, task_gates, shared_gate
 
     def _gate(self, logits: Tensor, mlp: GroupedMLP | None) -> Tensor:
         """Softmax gate weights, expert-major: ``[..., E, B, 1]`` from logits ``[..., B, w]``."""
@@ -221,23 +221,12 @@ class Level(nn.Module):
 
     def forward(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Return task outputs ``[T, B, d]`` and the shared output ``[B, d]`` (None at the last level)."""
-        t, p, s, h = self.t, self.p, self.s, self.h
-        first = self.first_layers(task_in, shared_in)
-        task_experts = shared_experts = None
-        # Level 0's first-layer outputs are views of one fused matmul: no in-place activation there.
-        activation = self.activation if task_in is None else self.activation_inplace
-        if p:
-            hidden = self.dropout(activation(first["task_experts"]))
-            if hidden.dim() == 2:  # level 0: [B, T*P*h] -> [T*P, B, h] is a free view
-                hidden = hidden.unflatten(1, (t * p, h)).transpose(0, 1)
-            else:  # [T, B, P*h] -> [T*P, B, h]
-                hidden = hidden.unflatten(2, (p, h)).permute(0, 2, 1, 3).reshape(t * p, -1, h)
-            task_experts = self.task_experts(hidden).unflatten(0, (t, p))  # [T, P, B, d]
-        if s:  # [B, S*h] -> [S, B, h]
-            hidden = self.dropout(activation(first["shared_experts"]))
-            shared_experts = self.shared_expert_stack(hidden.unflatten(1, (s, h)).transpose(0, 1))
+        t, p, s = self.t, self.p, self.s
+        task_h, shared_h, task_logits, shared_logits = self.first_layers(task_in, shared_in)
+        task_experts = self.task_experts(task_h).unflatten(0, (t, p)) if p else None  # [T, P, B, d]
+        shared_experts = self.shared_expert_stack(shared_h) if s else None  # [S, B, d]
         if self.task_gate_size:
-            gate = self._gate(first["task_gates"], self.task_gates)  # [T, P+S, B, 1]
+            gate = self._gate(task_logits, self.task_gates)  # [T, P+S, B, 1]
             out = 0
             if p:
                 out = (gate[:, :p] * task_experts).sum(1)
@@ -251,7 +240,7 @@ class Level(nn.Module):
             return out, None
         if not self.shared_gate_size:
             return out, (task_experts.flatten(0, 1) if p else shared_experts)[0]
-        gate = self._gate(first["shared_gate"].unsqueeze(0), self.shared_gate)[0]  # [T*P+S, B, 1]
+        gate = self._gate(shared_logits.unsqueeze(0), self.shared_gate)[0]  # [T*P+S, B, 1]
         shared_out = (gate[t * p :] * shared_experts).sum(0)
         if p:
             shared_out = shared_out + (gate[: t * p] * task_experts.flatten(0, 1)).sum(0)
@@ -311,6 +300,7 @@ class PLE(nn.Module):
                 shared_gate=i < levels - 1 and shared_experts > 0,
                 activation=activation,
                 dropout=float(dropout),
+                shared_input=i == 0,
             )
             for i in range(levels)
         )
@@ -328,14 +318,18 @@ class PLE(nn.Module):
             )
         return cls(input_dim, num_tasks, **dict(hparams))
 
-    def last_shared_layer(self) -> nn.Parameter | None:
-        """Weight of the last layer that every task shares (the last level's shared experts),
-        the layer GradNorm measures gradients on; None without shared experts."""
+    def last_shared_layer(self) -> tuple[nn.Parameter, slice] | None:
+        """The weight of the last layer every task shares (the last level's shared experts) and
+        the slice of its last dimension they own, for GradNorm; None without shared experts."""
         if not self.shared_experts:
             return None
         last = self.levels[-1]
         linears = [m for m in last.shared_expert_stack.layers if isinstance(m, GroupedLinear)]
-        return linears[-1].weight if linears else last.shared_expert_in.weight
+        if linears:
+            return linears[-1].weight, slice(None)
+        if last.shared_input:
+            return last.expert_in.weight, slice(last.t * last.p * last.h, None)
+        return last.shared_expert_in.weight, slice(None)
 
     def forward(self, x: Tensor) -> Tensor:
         task_in, shared_in = None, x

@@ -206,6 +206,8 @@ def run_search(
     def running() -> int:
         return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
 
+    # Trials left RUNNING by an earlier run that died (no parent, no heartbeat) are reclaimed first.
+    with_retry(lambda: reclaim_stale_trials(study), storage_retry, "reclaiming stale trials", storage_url)
     while (done := finished()) < target:
         if timeout is not None and time.monotonic() - start > timeout:
             break

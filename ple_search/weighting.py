@@ -163,13 +163,13 @@ class GradNorm(LossWeighting):
 
     def gradient_norms(self, losses: Tensor, model: PLE) -> Tensor:
         """||d(w_k L_k)/dW|| on the last shared layer W, differentiable w.r.t. the weights."""
-        shared = model.last_shared_layer()
+        shared, columns = model.last_shared_layer()
         norms = []
         for k in range(self.num_tasks):
             (grad,) = torch.autograd.grad(
                 self.task_weights[k] * losses[k], shared, retain_graph=True, create_graph=True, allow_unused=True
             )
-            norms.append(grad.norm() if grad is not None else losses.new_zeros(()))
+            norms.append(grad[..., columns].norm() if grad is not None else losses.new_zeros(()))
         return torch.stack(norms)
 
     def forward(self, losses: Tensor, model: PLE) -> Tensor:

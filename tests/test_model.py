@@ -29,6 +29,24 @@ def _run_stack(mlp, group, h, final_activation):
     return h
 
 
+def _first(level, branch, k=None):
+    """(weight, bias) of a first layer, for task k or the shared branch, in either layout:
+    level 0 keeps every expert's columns in ``expert_in`` and every gate's in ``gate_in``."""
+    t, p, s, h = level.t, level.p, level.s, level.h
+    if level.shared_input:
+        if branch == "experts":
+            cols = slice(k * p * h, (k + 1) * p * h) if k is not None else slice(t * p * h, (t * p + s) * h)
+            return level.expert_in.weight[:, cols], level.expert_in.bias[cols]
+        g = level.task_gate_first
+        cols = slice(k * g, (k + 1) * g) if k is not None else slice(t * g, None)
+        return level.gate_in.weight[:, cols], level.gate_in.bias[cols]
+    if branch == "experts":
+        layer = level.task_expert_in if k is not None else level.shared_expert_in
+    else:
+        layer = level.task_gate_in if k is not None else level.shared_gate_in
+    return (layer.weight[k], layer.bias[k, 0]) if k is not None else (layer.weight, layer.bias)
+
+
 def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
     """Per-expert reference with explicit indexing: task k's expert p is ``k * P + p``."""
     t = model.num_tasks
@@ -37,19 +55,20 @@ def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
         p, s, h = level.p, level.s, level.h
         shared_experts, task_out, all_task_experts = [], [], []
         for j in range(s):
-            w, b = level.shared_expert_in.weight, level.shared_expert_in.bias
+            w, b = _first(level, "experts")
             first = torch.relu(shared_in @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
             shared_experts.append(_run_stack(level.shared_expert_stack, j, first, True))
         for k in range(t):
             experts = []
             for j in range(p):
-                w, b = level.task_expert_in.weight[k], level.task_expert_in.bias[k, 0]
+                w, b = _first(level, "experts", k)
                 first = torch.relu(task_in[k] @ w[:, j * h : (j + 1) * h] + b[j * h : (j + 1) * h])
                 experts.append(_run_stack(level.task_experts, k * p + j, first, True))
             all_task_experts += experts
             candidates = experts + shared_experts
             if level.task_gate_size:
-                logits = task_in[k] @ level.task_gate_in.weight[k] + level.task_gate_in.bias[k, 0]
+                w, b = _first(level, "gates", k)
+                logits = task_in[k] @ w + b
                 if level.task_gates is not None:
                     logits = _run_stack(level.task_gates, k, torch.relu(logits), False)
                 gate = torch.softmax(logits, -1)
@@ -59,7 +78,8 @@ def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
         if level.has_shared_out:
             everything = all_task_experts + shared_experts
             if level.shared_gate_size:
-                logits = shared_in @ level.shared_gate_in.weight + level.shared_gate_in.bias
+                w, b = _first(level, "gates")
+                logits = shared_in @ w + b
                 if level.shared_gate is not None:
                     logits = _run_stack(level.shared_gate, 0, torch.relu(logits), False)
                 gate = torch.softmax(logits, -1)
@@ -103,33 +123,36 @@ def test_cgc_gradient_of_a_task_stays_in_its_own_experts_gate_and_tower():
     model = PLE(10, t, levels=1, experts_per_task=p, shared_experts=s, expert_hidden=(h,))
     level = model.levels[0]
     x = torch.randn(128, 10)
+    g = level.task_gate_first
     for k in range(t):
         model.zero_grad()
         model(x)[:, k].sum().backward()
-        expert_grad = level.task_expert_in.weight.grad
-        gate_grad = level.task_gate_in.weight.grad
+        expert_grad = level.expert_in.weight.grad  # columns: task 0's experts, ..., shared experts
+        gate_grad = level.gate_in.weight.grad  # columns: task 0's gate, ..., task T-1's gate
         tower_grads = [lin.weight.grad for lin in _linears(model.towers)]
         for other in range(t):
             if other == k:
                 continue
-            assert torch.all(expert_grad[other] == 0), f"task {k} leaks into task {other}'s experts"
-            assert torch.all(gate_grad[other] == 0), f"task {k} leaks into task {other}'s gate"
-            assert all(torch.all(g[other] == 0) for g in tower_grads)
+            assert torch.all(expert_grad[:, other * p * h : (other + 1) * p * h] == 0), f"task {k} leaks into task {other}'s experts"
+            assert torch.all(gate_grad[:, other * g : (other + 1) * g] == 0), f"task {k} leaks into task {other}'s gate"
+            assert all(torch.all(grad[other] == 0) for grad in tower_grads)
         for j in range(p):  # each of task k's own experts, including the last one PaddleRec never trains
-            assert expert_grad[k][:, j * h : (j + 1) * h].abs().sum() > 0, f"task {k} expert {j} gets no gradient"
-        assert gate_grad[k].abs().sum() > 0, "task gate gets no gradient"
+            cols = slice((k * p + j) * h, (k * p + j + 1) * h)
+            assert expert_grad[:, cols].abs().sum() > 0, f"task {k} expert {j} gets no gradient"
+        assert gate_grad[:, k * g : (k + 1) * g].abs().sum() > 0, "task gate gets no gradient"
         for j in range(s):
-            assert level.shared_expert_in.weight.grad[:, j * h : (j + 1) * h].abs().sum() > 0
+            cols = slice((t * p + j) * h, (t * p + j + 1) * h)
+            assert expert_grad[:, cols].abs().sum() > 0, f"shared expert {j} gets no gradient"
 
 
 def test_random_initialisation_breaks_symmetry():
     torch.manual_seed(3)
     model = PLE(10, 2, levels=1, experts_per_task=3, shared_experts=2)
-    w = model.levels[0].task_expert_in.weight[0]
+    w = model.levels[0].expert_in.weight
     experts = [w[:, j * 16 : (j + 1) * 16] for j in range(3)]
     assert not torch.allclose(experts[0], experts[1]) and not torch.allclose(experts[1], experts[2])
     assert w.std() > 0.05
-    logits = torch.randn(32, 10) @ model.levels[0].task_gate_in.weight[0]
+    logits = torch.randn(32, 10) @ model.levels[0].gate_in.weight[:, :5]
     gate = torch.softmax(logits, -1)
     assert not torch.allclose(gate, torch.full_like(gate, 1 / 5), atol=1e-3), "gates start uniform"
 
@@ -137,7 +160,7 @@ def test_random_initialisation_breaks_symmetry():
 def test_special_cases_have_expected_structure():
     shared_bottom = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=1)
     level = shared_bottom.levels[0]
-    assert level.task_expert_in is None and level.task_gate_in is None  # no task experts, no gates
+    assert level.expert_in.weight.shape == (10, 16) and level.gate_in is None  # one expert, no gates
     mmoe = PLE(10, 2, levels=1, experts_per_task=0, shared_experts=4)
     assert mmoe.levels[0].task_gate_size == 4 and mmoe.levels[0].task_experts is None
     single = PLE(10, 1, levels=2)

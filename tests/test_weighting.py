@@ -75,8 +75,9 @@ def _gradient_norm_spread(name):
         s(losses, model).backward()
         opt.step()
     losses = ((model(x) - y) ** 2).mean(0)
+    shared, columns = model.last_shared_layer()
     norms = torch.stack([
-        torch.autograd.grad(s.weights()[k] * losses[k], model.last_shared_layer(), retain_graph=True)[0].norm()
+        torch.autograd.grad(s.weights()[k] * losses[k], shared, retain_graph=True)[0][..., columns].norm()
         for k in range(2)
     ])
     return float(norms.max() / norms.min()), s.weights()
