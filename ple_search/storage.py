@@ -66,14 +66,22 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             "grace_period": grace_period or 2 * heartbeat_interval,
             "heartbeat_stale_trial_callback": _retry_once(),
         }
+    from sqlalchemy.exc import IntegrityError
+
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    try:
-        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
-    except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(reason, url)}") from None
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+        except IntegrityError:
+            # Workers starting together on an empty database race to create Optuna's schema;
+            # the losers find it created on the next attempt.
+            time.sleep(0.5 * (attempt + 1))
+        except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(reason, url)}") from None
+    raise StorageError(f"cannot open storage {mask_url(url)}: its schema could not be created (concurrent starts)")
 
 
 def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
