@@ -2,7 +2,7 @@
 wall-clock budget each. Both arms run at the same time with one torch thread each, so they see the
 same machine. Prints a table and writes a hypervolume-over-time plot, the table, each arm's space and journal.
 
-    python bench/pruning.py [--minutes 15] [--data-dir ../shared/data/census-income-kdd] [--out results/pruning]
+    python bench/pruning.py [--minutes 15] [--min-epochs 1] [--eta 3] [--data-dir ../shared/data/census-income-kdd] [--out results/pruning]
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import yaml
 from ple_search.pareto import hypervolume
 from ple_search.storage import open_storage
 
-ARMS = {"no pruning": "none", "MO-ASHA (min 1 epoch, eta 3)": {"type": "mo-asha", "min_epochs": 1, "eta": 3}}
 
 
 def hypervolume_curve(study: optuna.Study) -> tuple[np.ndarray, np.ndarray]:
@@ -42,12 +41,18 @@ def main() -> None:
     parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
     parser.add_argument("--space", default="search_spaces/census.yaml")
     parser.add_argument("--out", default="results/pruning")
+    parser.add_argument("--min-epochs", type=int, default=1)
+    parser.add_argument("--eta", type=int, default=3)
     args = parser.parse_args()
+    arms = {
+        "no pruning": "none",
+        f"MO-ASHA (min {args.min_epochs} epochs, eta {args.eta})": {"type": "mo-asha", "min_epochs": args.min_epochs, "eta": args.eta},
+    }
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.space).read_text())
     procs, storages = {}, {}
-    for i, (name, pruner) in enumerate(ARMS.items()):
+    for i, (name, pruner) in enumerate(arms.items()):
         space = out / f"space-arm{i}.yaml"
         space.write_text(yaml.safe_dump({**base, "pruner": pruner}, sort_keys=False))
         storages[name] = str(out / f"arm{i}.journal")
@@ -58,9 +63,9 @@ def main() -> None:
         procs[name] = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for proc in procs.values():
         proc.wait()
-    studies = {name: optuna.load_study(study_name=f"arm{i}", storage=open_storage(storages[name])) for i, name in enumerate(ARMS)}
+    studies = {name: optuna.load_study(study_name=f"arm{i}", storage=open_storage(storages[name])) for i, name in enumerate(arms)}
     curves = {name: hypervolume_curve(study) for name, study in studies.items()}
-    baseline_name, pruned_name = list(ARMS)
+    baseline_name, pruned_name = list(arms)
     target = curves[baseline_name][1][-1]
     budget = args.minutes * 60
     lines = [
@@ -93,8 +98,9 @@ def main() -> None:
         axes.set_ylim(bottom=min(firsts) - 0.002)
     axes.legend()
     axes.grid(alpha=0.3)
-    figure.savefig(out / "hypervolume.png", dpi=110, bbox_inches="tight")
-    (out / "table.md").write_text(table + "\n")
+    tag = f"min{args.min_epochs}-eta{args.eta}"
+    figure.savefig(out / f"hypervolume-{tag}.png", dpi=110, bbox_inches="tight")
+    (out / f"table-{tag}.md").write_text(table + "\n")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import json
 
+import ple_search
+
 import numpy as np
 import optuna
 import pandas as pd
@@ -13,7 +15,7 @@ from sklearn.metrics import roc_auc_score
 from helpers import user_table
 from ple_search.cli.main import main
 from ple_search.export import Pick, load_config
-from ple_search.production import load_trained, predict
+from ple_search.production import predict
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +113,8 @@ def test_train_load_predict_torchscript_and_reproducibility(study, tmp_path, cap
     out = tmp_path / "a"
     assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "metrics.json", "config.yaml", "preprocessor.json", "model.pt"}
 
-    module, preprocessor = load_trained(out)
+    module, preprocessor = ple_search.load_trained(out)
+    assert ple_search.build_module(ple_search.load_config(out / "config.yaml")).schema == module.schema
     raw = pd.read_csv(folder / "events.csv", dtype=str, keep_default_na=False)
     test_rows = raw[raw.split == "test"]
     probs = predict(module, preprocessor, test_rows)
