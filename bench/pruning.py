@@ -51,9 +51,10 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     base = yaml.safe_load(Path(args.space).read_text())
+    tag = f"min{args.min_epochs}-eta{args.eta}"
     procs, storages = {}, {}
     for i, (name, pruner) in enumerate(arms.items()):
-        space = out / f"space-arm{i}.yaml"
+        space = out / ("space-no-pruning.yaml" if i == 0 else f"space-mo-asha-{tag}.yaml")
         space.write_text(yaml.safe_dump({**base, "pruner": pruner}, sort_keys=False))
         storages[name] = str(out / f"arm{i}.journal")
         Path(storages[name]).unlink(missing_ok=True)
@@ -98,7 +99,6 @@ def main() -> None:
         axes.set_ylim(bottom=min(firsts) - 0.002)
     axes.legend()
     axes.grid(alpha=0.3)
-    tag = f"min{args.min_epochs}-eta{args.eta}"
     figure.savefig(out / f"hypervolume-{tag}.png", dpi=110, bbox_inches="tight")
     (out / f"table-{tag}.md").write_text(table + "\n")
 
