@@ -21,6 +21,7 @@ from ple_search.space import SearchSpace
 from ple_search.storage import with_retry
 
 MAX_CONSECUTIVE_FAILURES = 10
+SURPLUS = "surplus: other workers reached the target first"
 
 
 class Reporter(Protocol):
@@ -184,6 +185,9 @@ def run_search(
     def objective(trial: optuna.Trial) -> list[float]:
         current["number"] = trial.number
         trial.set_user_attr("worker", worker_id())
+        if surplus(trial.number):
+            trial.set_user_attr("fail_reason", SURPLUS)
+            raise TrialFailed(SURPLUS)
         reporter.trial_started(trial.number)
         try:
             return run_trial(trial, space, dataset, settings, hook=reporter.epoch)
@@ -199,6 +203,13 @@ def run_search(
             reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
             trial.set_user_attr("fail_reason", reason[:2000])
             raise TrialFailed(reason) from None
+
+    def surplus(number: int) -> bool:
+        """Workers that started trials at the same moment can overshoot the target: the trial
+        with the higher number yields (the check and ``ask`` are not atomic across processes)."""
+        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        ahead = sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
+        return ahead >= target
 
     def finished() -> int:
         return with_retry(lambda: count_finished(study), storage_retry, "counting finished trials", storage_url)
@@ -219,7 +230,7 @@ def run_search(
         current.clear()
         with_retry(lambda: study.optimize(objective, n_trials=1, catch=(TrialFailed,)), storage_retry, "running a trial", storage_url)
         trial = study.get_trials(deepcopy=False)[current["number"]] if current else None
-        if trial is not None and trial.state == TrialState.FAIL:
+        if trial is not None and trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
             failures += 1
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 raise PLESearchError(f"{failures} trials in a row failed; the last one: {trial.user_attrs.get('fail_reason')}")
