@@ -66,28 +66,39 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
             "grace_period": grace_period or 2 * heartbeat_interval,
             "heartbeat_stale_trial_callback": _retry_once(),
         }
-    from sqlalchemy.exc import IntegrityError
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(5):
+
+    def create() -> optuna.storages.RDBStorage:
+        with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+
+    # Workers starting together on an empty database race to create Optuna's schema ("duplicate
+    # key", "relation already exists"); the losers find it created on a later attempt.
+    for attempt in range(4):
         try:
-            with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
-                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
-        except IntegrityError:
-            # Workers starting together on an empty database race to create Optuna's schema;
-            # the losers find it created on the next attempt.
+            return create()
+        except (IntegrityError, ProgrammingError):
             time.sleep(0.5 * (attempt + 1))
         except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(reason, url)}") from None
-    raise StorageError(f"cannot open storage {mask_url(url)}: its schema could not be created (concurrent starts)")
+            raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+    try:
+        return create()
+    except Exception as exc:
+        raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
 
 
 def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def transient_errors() -> tuple[type[BaseException], ...]:
@@ -106,7 +117,7 @@ def with_retry(action: Callable[[], T], budget_seconds: float, what: str, url: s
             return action()
         except transient_errors() as exc:
             if time.monotonic() - start + delay > budget_seconds:
-                reason = _scrub(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__, url)
+                reason = _scrub(_first_line(exc), url)
                 raise StorageError(
                     f"storage {mask_url(url)} unreachable for {budget_seconds:.0f}s while {what}: {reason}; "
                     "finished trials are kept, rerun the same command to resume"
