@@ -84,7 +84,7 @@ class PLEModule(pl.LightningModule):
         losses = self.task_losses(self(cat, num), labels)
         total = self.weighting(losses, self.model)
         if not torch.isfinite(total):
-            raise TrialFailed(f"training loss became non-finite ({float(total)}) at epoch {self.current_epoch}")
+            raise TrialFailed(f"training loss became non-finite ({float(total.detach())}) at epoch {self.current_epoch}")
         self._epoch_loss_sum = self._epoch_loss_sum.to(losses.device) + losses.detach()
         self._epoch_steps += 1
         return total
