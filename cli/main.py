@@ -384,11 +384,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.output:
         sys.stdout.write(result.to_csv(index=False))
         return 0
+    from ple_search.files import atomic_write
+
     out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    result.to_parquet(tmp) if out.suffix in (".parquet", ".pq") else result.to_csv(tmp, index=False)
-    os.replace(tmp, out)
+    parquet = out.suffix in (".parquet", ".pq")
+    atomic_write(out, lambda tmp: result.to_parquet(tmp) if parquet else result.to_csv(tmp, index=False))
     err.print(f"wrote {len(result)} rows to {out}")
     return 0
 

@@ -34,6 +34,9 @@ class _Base:
     def trial_started(self, number: int) -> None:
         self.running, self.epoch_text = number, "starting"
 
+    def pruned(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
+
     def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None:
         shown = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
         self.epoch_text = f"epoch {epoch + 1}/{max_epochs} {shown}"
@@ -85,8 +88,7 @@ class LiveReporter(_Base):
         elapsed = time.monotonic() - self.start
         done = self.finished - self.finished_at_start
         table = Table(title=f"ple-search: study {self.study.study_name}", show_header=False, box=None)
-        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-        table.add_row("trials", f"{self.finished}/{self.target} finished ({pruned} pruned)")
+        table.add_row("trials", f"{self.finished}/{self.target} finished ({self.pruned()} pruned)")
         table.add_row("running", f"trial {self.running}: {self.epoch_text}" if self.running is not None else "-")
         table.add_row("elapsed / ETA", f"{_clock(elapsed)} / {_clock(eta_seconds(elapsed, done, self.target - self.finished))}")
         table.add_row("Pareto front", f"{self.summary['front']} trials, hypervolume {self.summary['hypervolume']:.5f}")
@@ -146,8 +148,7 @@ class WorkersReporter(_Base):
         done = self.finished - self.finished_at_start
         running = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)))
         table = Table(title=f"ple-search: study {self.study.study_name}, {len(self.lines)} workers", show_header=False, box=None)
-        pruned = len(self.study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-        table.add_row("trials", f"{self.finished}/{self.target} finished ({pruned} pruned), {running} running")
+        table.add_row("trials", f"{self.finished}/{self.target} finished ({self.pruned()} pruned), {running} running")
         table.add_row("elapsed / ETA", f"{_clock(elapsed)} / {_clock(eta_seconds(elapsed, done, self.target - self.finished))}")
         table.add_row("Pareto front", f"{self.summary['front']} trials, hypervolume {self.summary['hypervolume']:.5f}")
         table.add_row("best", " ".join(f"{k}={v:.4f}" for k, v in self.summary["best"].items()) or "-")

@@ -47,17 +47,22 @@ def _toy_regression(noise, n=2000, seed=0):
     return x, y
 
 
+def _fit(model, weighting, x, y, lr, steps):
+    """Full-batch Adam on MSE with the weighting's total loss (its own parameters learn too)."""
+    opt = torch.optim.Adam([*model.parameters(), *weighting.parameters()], lr=lr)
+    for _ in range(steps):
+        losses = ((model(x) - y) ** 2).mean(0)
+        opt.zero_grad()
+        weighting(losses, model).backward()
+        opt.step()
+
+
 def test_uncertainty_gives_the_noisier_task_the_smaller_weight():
     torch.manual_seed(0)
     x, y = _toy_regression(noise=[0.1, 2.0])
     s = scheme("uncertainty")
     model = PLE(4, 2, levels=1, experts_per_task=1, shared_experts=1)
-    opt = torch.optim.Adam([*model.parameters(), *s.parameters()], lr=0.03)
-    for _ in range(300):
-        losses = ((model(x) - y) ** 2).mean(0)
-        opt.zero_grad()
-        s(losses, model).backward()
-        opt.step()
+    _fit(model, s, x, y, lr=0.03, steps=300)
     weights = s.weights()
     assert s.log_vars[1] > s.log_vars[0] + 1.0 and weights[1] < weights[0] / 3
 
@@ -68,12 +73,7 @@ def _gradient_norm_spread(name):
     y = y * torch.tensor([1.0, 10.0])  # task b's loss, and its gradients, are far larger
     model = PLE(4, 2, levels=1, experts_per_task=1, shared_experts=2)
     s = make_weighting(name, TASKS, {"gradnorm_alpha": 0.5}, model)
-    opt = torch.optim.Adam([*model.parameters(), *s.parameters()], lr=0.01)
-    for _ in range(200):
-        losses = ((model(x) - y) ** 2).mean(0)
-        opt.zero_grad()
-        s(losses, model).backward()
-        opt.step()
+    _fit(model, s, x, y, lr=0.01, steps=200)
     losses = ((model(x) - y) ** 2).mean(0)
     shared, columns = model.last_shared_layer()
     norms = torch.stack([
