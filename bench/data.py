@@ -32,7 +32,7 @@ def epoch_rate(batches, n: int, epochs: int) -> float:
     for _ in range(epochs):
         start = time.perf_counter()
         total = 0.0
-        for cat, num, labels in batches:
+        for _cat, _num, labels in batches:
             total += float(labels[0, 0])  # touch the batch
         runs.append(n / (time.perf_counter() - start))
     return statistics.median(runs)

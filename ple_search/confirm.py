@@ -19,16 +19,10 @@ from ple_search.data import Dataset
 from ple_search.errors import ConfigError, StorageError
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.pareto import finished_trials, hypervolume, nondominated_ranks, study_meta
+from ple_search.pareto import finished_trials, hypervolume_contributions, nondominated_ranks, study_meta
 
 CONFIRMED_KEY = "confirmed"
 SEED_OFFSET = 10_000
-
-
-def hypervolume_contributions(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> np.ndarray:
-    """How much hypervolume the front loses without each point."""
-    total = hypervolume(values, directions, reference)
-    return np.array([total - hypervolume(np.delete(values, i, axis=0), directions, reference) for i in range(len(values))])
 
 
 def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] = ()) -> list[FrozenTrial]:

@@ -72,7 +72,9 @@ class EpochRecorder(pl.Callback):
             self.wait += 1
             if self.wait >= self.patience:
                 trainer.should_stop = True
-        if self.stop_check is not None and self.best_epoch >= 0 and self.stop_check(epoch + 1, self.curve[self.best_epoch]):
+        # A run that ends here anyway (patience) is paid for: it finishes rather than being pruned.
+        checking = self.stop_check is not None and not trainer.should_stop and self.best_epoch >= 0
+        if checking and self.stop_check(epoch + 1, self.curve[self.best_epoch]):
             self.pruned_at = epoch + 1
             trainer.should_stop = True
         if self.hook is not None:
@@ -172,7 +174,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         pruner = space.pruner
 
         def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
-            return pruner.should_prune(trial, epochs_done, [best[t.name] for t in settings.objectives])
+            return pruner.should_prune(trial, epochs_done, settings.max_epochs, [best[t.name] for t in settings.objectives])
 
     module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook, stop_check)
     best = recorder.curve[recorder.best_epoch]

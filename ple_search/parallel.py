@@ -39,7 +39,7 @@ def worker_command(argv: Sequence[str], threads: int, index: int) -> list[str]:
     """The parent's arguments minus ``--jobs/--threads/--quiet``, as quiet worker ``index``
     (which offsets its sampler seed so workers do not propose the same configs)."""
     args, skip = [], False
-    for i, arg in enumerate(argv):
+    for arg in argv:
         if skip:
             skip = False
             continue

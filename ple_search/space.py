@@ -13,7 +13,7 @@ params:
   dwa_temperature: {type: float, low: 0.5, high: 5, when: {loss_weighting: [dwa]}}
 enqueue:                           # optional: configs tried first (e.g. the paper's)
   - {levels: 1, experts_per_task: 3, shared_experts: 2}
-pruner: {type: mo-asha, min_epochs: 1, eta: 3}   # optional: multi-objective early stopping
+pruner: {type: mo-asha, min_epochs: 1, eta: 3, tie_break: hypervolume}   # optional: early stopping
 ```
 """
 

@@ -1,0 +1,32 @@
+"""Pareto ranks and hypervolume contributions against their definitions."""
+
+import numpy as np
+import pytest
+
+from ple_search.pareto import hypervolume_contributions, nondominated_ranks
+
+
+def peel(values: np.ndarray, directions: list[str]) -> np.ndarray:
+    """Ranks by the definition: a point's rank is the number of fronts peeled before it is undominated."""
+    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    points, ranks, remaining, rank = values * sign, np.full(len(values), -1), list(range(len(values))), 0
+    while remaining:
+        front = [i for i in remaining if not any(np.all(points[j] <= points[i]) and np.any(points[j] < points[i]) for j in remaining)]
+        ranks[front] = rank
+        remaining = [i for i in remaining if i not in front]
+        rank += 1
+    return ranks
+
+
+@pytest.mark.parametrize("n, directions", [(0, ["maximize", "maximize"]), (1, ["minimize"]), (40, ["maximize", "minimize"]),
+                                           (60, ["maximize", "maximize", "minimize"])])  # fmt: skip
+def test_ranks_match_the_definition_with_ties(n, directions):
+    values = np.random.default_rng(n).integers(0, 5, size=(n, len(directions))).astype(float)  # many exact ties
+    np.testing.assert_array_equal(nondominated_ranks(values, directions), peel(values, directions))
+
+
+def test_contributions_are_the_volume_each_point_alone_adds():
+    front = np.array([[3.0, 1.0], [2.0, 2.0], [1.0, 3.0]])
+    # maximise both from reference (0, 0): each point's exclusive box is 1 x 1
+    np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, 0.0]), [1.0, 1.0, 1.0])
+    np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, -1.0]), [2.0, 1.0, 1.0])
