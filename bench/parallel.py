@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import optuna
+import yaml
 
 from ple_search.space import load_space
 from ple_search.storage import open_storage
@@ -36,14 +37,14 @@ def same_configs(space_path: str, n: int) -> list[dict]:
     return configs
 
 
-def run(jobs: int, args: argparse.Namespace, folder: Path, configs: list[dict]) -> float:
+def run(jobs: int, args: argparse.Namespace, folder: Path, space: Path, configs: list[dict]) -> float:
     storage = str(folder / f"j{jobs}.journal")
     study = optuna.create_study(study_name=f"bench-j{jobs}", storage=open_storage(storage), directions=["maximize", "maximize"])
     for params in configs:
         study.enqueue_trial(params)
     cmd = [
         sys.executable, "-m", "ple_search.cli.main", "run", "--study", f"bench-j{jobs}",
-        "--space", "search_spaces/census.yaml", "--data-dir", args.data_dir, "--trials", str(args.trials),
+        "--space", str(space), "--data-dir", args.data_dir, "--trials", str(args.trials),
         "--max-epochs", str(args.max_epochs), "--sampler", "random", "--seed", "0",
         "--storage", storage, "--jobs", str(jobs), "--quiet",
     ]  # fmt: skip
@@ -59,8 +60,10 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        configs = same_configs("search_spaces/census.yaml", args.trials)
-        seconds = {jobs: run(jobs, args, Path(tmp), configs) for jobs in (1, 2)}
+        space = Path(tmp) / "census-no-pruning.yaml"  # every trial runs its full budget in both runs
+        space.write_text(yaml.safe_dump({**yaml.safe_load(Path("search_spaces/census.yaml").read_text()), "pruner": "none"}))
+        configs = same_configs(str(space), args.trials)
+        seconds = {jobs: run(jobs, args, Path(tmp), space, configs) for jobs in (1, 2)}
     rate = {jobs: args.trials * 3600 / s for jobs, s in seconds.items()}
     print(f"census study, the same {args.trials} configs in both runs, {args.max_epochs} epochs each")
     print("| jobs | wall s | trials/hour |")
