@@ -93,7 +93,8 @@ def main() -> None:
     for seed, axes in zip(args.seeds, panels[0]):
         studies = run_pair(args, base, out, tag, seed)
         curves = {name: hypervolume_curve(study) for name, study in studies.items()}
-        target = next(iter(curves.values()))[1][-1]
+        (_, unpruned), (pruned_times, pruned) = curves.values()
+        target = unpruned[-1]
         for name, study in studies.items():
             states = [t.state.name for t in study.get_trials(deepcopy=False)]
             times, volumes = curves[name]
@@ -101,8 +102,8 @@ def main() -> None:
             shown = f"{reached:.0f} s ({reached / budget:.0%} of the budget)" if reached is not None else "not reached"
             lines.append(f"| {seed} | {name} | {states.count('COMPLETE')} | {states.count('PRUNED')} | {volumes[-1]:.6f} | {shown} |")
             axes.step(times / 60, volumes, where="post", label=name)
-        fractions.append(reached / budget if reached is not None else np.inf)
-        higher += volumes[-1] > target
+        fractions.append(pruned_times[np.argmax(pruned >= target)] / budget if (pruned >= target).any() else np.inf)
+        higher += pruned[-1] > target
         print("\n".join(lines[-2:]), flush=True)
         axes.set_title(f"seed {seed}")
         axes.set_xlabel("minutes")
