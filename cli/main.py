@@ -12,7 +12,7 @@ import shlex
 import signal
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 from rich.console import Console
 
@@ -23,40 +23,91 @@ err = Console(stderr=True, highlight=False, soft_wrap=True)
 out = Console(highlight=False)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (``ple-search run: error: ...``) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def _number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[str], Any]:
+    """An argparse type: ``kind`` (int or float) >= ``minimum`` (> with ``strict``), finite."""
+    bound = f"{'>' if strict else '>='} {minimum:g}"
+
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {'an integer' if kind is int else 'a number'} {bound}") from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"{text!r} must be {'an integer' if kind is int else 'a number'} {bound}")
+        return value
+
+    return parse
+
+
+def _output_file(text: str) -> str:
+    """An argparse type: a file to write, never an existing folder."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file to write")
+    return text
+
+
+def _plot_file(text: str) -> str:
+    if not text.endswith((".png", ".html")):
+        raise argparse.ArgumentTypeError(f"{text!r}: the plot file must end in .png or .html")
+    return _output_file(text)
+
+
+def _new_folder(text: str) -> str:
+    if Path(text).exists():
+        raise argparse.ArgumentTypeError(f"{text!r} already exists; name a new folder")
+    return text
+
+
+# Every numeric option of every command, with what it allows: one table, one check each.
+COUNT = _number(int, 1)  # trials, jobs, seeds, epochs, threads, top
+INDEX = _number(int, 0)  # seeds and trial numbers
+SECONDS = _number(float, 0, strict=True)
+RETRY_SECONDS = _number(float, 0)
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ple-search", description="Multi-objective architecture search for PLE multi-task models.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="ple-search", description="Multi-objective architecture search for PLE multi-task models.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="create or resume a study and run it to --trials finished trials")
     run.add_argument("--study", required=True, help="study name; also picks search_spaces/NAME.yaml")
-    run.add_argument("--trials", type=int, required=True, help="target number of finished trials in the study")
+    run.add_argument("--trials", type=COUNT, required=True, help="target number of finished trials in the study")
     run.add_argument("--space", help="search space YAML (default: search_spaces/STUDY.yaml, else the stored one)")
     _storage_arg(run)
     run.add_argument("--sampler", choices=["tpe", "nsga2", "nsga3", "gp", "random"], help="override the space's sampler")
-    run.add_argument("--seed", type=int, help="sampler and training seed (default: the space's sampler seed)")
-    run.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    run.add_argument("--seed", type=INDEX, help="sampler and training seed (default: the space's sampler seed)")
+    run.add_argument("--timeout", type=SECONDS, help="stop starting new trials after this many seconds")
     run.add_argument("--data-dir", help="folder holding the census files")
-    run.add_argument("--max-epochs", type=int, help="override the space's per-trial epoch budget")
-    run.add_argument("--patience", type=int, help="override the space's early-stopping patience")
+    run.add_argument("--max-epochs", type=COUNT, help="override the space's per-trial epoch budget")
+    run.add_argument("--patience", type=COUNT, help="override the space's early-stopping patience")
     run.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
-    run.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    run.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
-    run.add_argument("--jobs", type=int, default=1, help="worker processes on this machine sharing the study")
-    run.add_argument("--heartbeat-interval", type=int, default=30, help="RDB storages: seconds between a running trial's heartbeats")
-    run.add_argument("--grace-period", type=int, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
-    run.add_argument("--storage-retry", type=float, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
-    run.add_argument("--worker", type=int, help=argparse.SUPPRESS)  # index of a --jobs worker
+    run.add_argument("--jobs", type=COUNT, default=1, help="worker processes on this machine sharing the study")
+    run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
+    run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
+    run.add_argument("--storage-retry", type=RETRY_SECONDS, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
+    run.add_argument("--allow-space-change", action="store_true", help="resume a study whose stored space searches other params")
+    run.add_argument("--worker", type=INDEX, help=argparse.SUPPRESS)  # index of a --jobs worker
 
     pareto = sub.add_parser("pareto", help="show the Pareto-optimal trials of a study")
     pareto.add_argument("--study", required=True)
     _storage_arg(pareto)
     pareto.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
-    pareto.add_argument("--output", help="write the report to this file instead of stdout")
-    pareto.add_argument("--plot", help="also write a Pareto plot (.png or .html)")
+    pareto.add_argument("--output", type=_output_file, help="write the report to this file instead of stdout")
+    pareto.add_argument("--plot", type=_plot_file, help="also write a Pareto plot (.png or .html)")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
     pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
 
@@ -67,68 +118,41 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--study", required=True)
     _storage_arg(export)
     chosen = export.add_mutually_exclusive_group(required=True)
-    chosen.add_argument("--trial", type=int, help="this finished trial")
+    chosen.add_argument("--trial", type=INDEX, help="this finished trial")
     chosen.add_argument("--pick", help="knee | best:TASK | weights:TASK=W,TASK=W (see README)")
-    export.add_argument("--out", help="output YAML (default results/STUDY/best.yaml)")
+    export.add_argument("--out", type=_output_file, help="output YAML (default results/STUDY/best.yaml)")
 
     train = sub.add_parser("train", help="train an exported config on several seeds for production")
     train.add_argument("--config", required=True, help="YAML written by `ple-search export`")
     train.add_argument("--data-dir", help="folder holding the census files")
-    train.add_argument("--seeds", type=int, default=3)
-    train.add_argument("--max-epochs", type=int, help="override the config's epoch budget")
-    train.add_argument("--out", help="output folder (default results/STUDY/train-TIMESTAMP)")
+    train.add_argument("--seeds", type=COUNT, default=3)
+    train.add_argument("--max-epochs", type=COUNT, help="override the config's epoch budget")
+    train.add_argument("--out", type=_new_folder, help="output folder (default results/STUDY/train-TIMESTAMP)")
     train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
 
     baselines = sub.add_parser("baselines", help="tune and retrain a single-task baseline per task of a study")
     baselines.add_argument("--study", required=True)
     _storage_arg(baselines)
-    baselines.add_argument("--trials", type=int, default=20, help="trials of each single-task search")
-    baselines.add_argument("--seeds", type=int, default=3, help="seeds the best single-task config is retrained on")
+    baselines.add_argument("--trials", type=COUNT, default=20, help="trials of each single-task search")
+    baselines.add_argument("--seeds", type=COUNT, default=3, help="seeds the best single-task config is retrained on")
     baselines.add_argument("--data-dir", help="folder holding the census files")
-    baselines.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
 
     confirm = sub.add_parser("confirm", help="retrain the front's configs on fresh seeds")
     confirm.add_argument("--study", required=True)
     _storage_arg(confirm)
-    confirm.add_argument("--top", type=int, help="only the K front trials with the largest hypervolume contribution")
-    confirm.add_argument("--trial", type=int, action="append", default=[], help="confirm this finished trial (repeatable)")
-    confirm.add_argument("--seeds", type=int, default=5)
+    confirm.add_argument("--top", type=COUNT, help="only the K front trials with the largest hypervolume contribution")
+    confirm.add_argument("--trial", type=INDEX, action="append", default=[], help="confirm this finished trial (repeatable)")
+    confirm.add_argument("--seeds", type=COUNT, default=5)
     confirm.add_argument("--data-dir", help="folder holding the census files")
-    confirm.add_argument("--threads", type=int, help="torch threads (default: all cores)")
+    confirm.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
 
     predict = sub.add_parser("predict", help="score raw rows with a trained model")
     predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
     predict.add_argument("--input", required=True, help="CSV or Parquet with the raw feature columns")
-    predict.add_argument("--output", help="CSV or Parquet to write (default: CSV on stdout)")
+    predict.add_argument("--output", type=_output_file, help="CSV or Parquet to write (default: CSV on stdout)")
     predict.add_argument("--weights", help="also a fused score prod_k p_k^w_k, e.g. income=0.7,marital=0.3")
     return parser
-
-
-def _space_path(args: argparse.Namespace) -> Path | None:
-    if args.space:
-        return Path(args.space)
-    for folder in (Path.cwd() / "search_spaces", Path(__file__).resolve().parent.parent / "search_spaces"):
-        if (folder / f"{args.study}.yaml").is_file():
-            return folder / f"{args.study}.yaml"
-    return None
-
-
-def _load_space(args: argparse.Namespace, storage):
-    import optuna
-
-    from ple_search.pareto import META_KEY
-    from ple_search.space import load_space, parse_space
-
-    path = _space_path(args)
-    if path is not None:
-        return load_space(path)
-    try:
-        stored = optuna.load_study(study_name=args.study, storage=storage).user_attrs.get(META_KEY)
-    except KeyError:
-        stored = None
-    if stored is None:
-        raise ConfigError(f"no search space for study '{args.study}': search_spaces/{args.study}.yaml not found; pass --space FILE")
-    return parse_space(stored["space"], f"stored space of study '{args.study}'")
 
 
 def _load_dataset(space, data_dir: str | None):
@@ -150,27 +174,27 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from ple_search.objective import TrialSettings, quiet_libraries
     from ple_search.progress import LiveReporter, LogReporter
-    from ple_search.search import objectives_of, open_study, run_search
+    from ple_search.search import load_run_space, objectives_of, open_study, run_search
     from ple_search.storage import open_storage
 
-    if args.trials < 1 or args.jobs < 1:
-        raise ConfigError(f"--trials and --jobs must be >= 1, got {args.trials} and {args.jobs}")
     quiet_libraries()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     torch.set_num_threads(threads)
-    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period)
-    space = _load_space(args, storage)
+    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period, retry_seconds=args.storage_retry, notify=_notice)
+    space = load_run_space(args.study, storage, args.space)
     dataset = _load_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
     settings = TrialSettings(
         objectives=objectives_of(space, dataset),
-        max_epochs=args.max_epochs or space.budget["max_epochs"],
-        patience=args.patience or space.budget["patience"],
+        max_epochs=args.max_epochs if args.max_epochs is not None else space.budget["max_epochs"],
+        patience=args.patience if args.patience is not None else space.budget["patience"],
         seed=seed,
         accelerator=args.accelerator,
     )
-    sampler = space.make_sampler(args.sampler, seed + (args.worker or 0))  # workers propose different configs
-    study = open_study(args.study, storage, space, dataset, sampler)
+    study = open_study(
+        args.study, storage, space, dataset, sampler=args.sampler, seed=seed,
+        allow_space_change=args.allow_space_change, notify=_notice,
+    )  # fmt: skip
     if args.worker is None:
         err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
     if args.jobs > 1:
@@ -186,6 +210,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.worker is None:
         err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
     return 0
+
+
+def _notice(message: str) -> None:
+    err.print(message)
 
 
 def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
@@ -237,8 +265,6 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     if args.plot:
-        if not args.plot.endswith((".png", ".html")):
-            raise ConfigError(f"--plot {args.plot}: the file must end in .png or .html")
         plot(study, args.plot)
     return 0
 
@@ -347,8 +373,6 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from ple_search.baselines import run_baselines
     from ple_search.progress import LogReporter
 
-    if args.trials < 1 or args.seeds < 1:
-        raise ConfigError("--trials and --seeds must be >= 1")
     storage, study, dataset = _study_and_data(args)
     results = run_baselines(study, storage, dataset, args.trials, args.seeds, lambda s, n: LogReporter(s, n, err))
     for task, b in results.items():
@@ -360,8 +384,6 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 def cmd_confirm(args: argparse.Namespace) -> int:
     from ple_search.confirm import choose, run_confirm
 
-    if args.seeds < 1:
-        raise ConfigError("--seeds must be >= 1")
     _, study, dataset = _study_and_data(args)
     trials = choose(study, args.top, args.trial)
     err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds")
@@ -413,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }  # fmt: skip
         return commands[args.command](args)
     except PLESearchError as exc:
-        err.print(f"error: {exc}")
+        err.print(f"error: {' '.join(str(exc).split())}")  # one line, whatever the source said
         return 2
     except (KeyboardInterrupt, Interrupted):
         err.print("interrupted")

@@ -1,12 +1,24 @@
-"""ple-search: multi-objective architecture search for PLE multi-task models."""
+"""ple-search: multi-objective architecture search for PLE multi-task models.
+
+The public names below load on first use (PEP 562), so commands that never train (``--help``,
+``pareto``, ``studies``, ``export``) do not pay for importing torch and Lightning.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 from ple_search._version import __version__
 from ple_search.errors import ConfigError, DataError, PLESearchError, StorageError, TrialFailed
-from ple_search.export import load_config
-from ple_search.model import PLE
-from ple_search.module import PLEModule
-from ple_search.production import build_module, load_trained
 
+_LAZY = {
+    "PLE": "ple_search.model",
+    "PLEModule": "ple_search.module",
+    "build_module": "ple_search.production",
+    "load_trained": "ple_search.production",
+    "load_config": "ple_search.export",
+}
 
 __all__ = [
     "PLE",
@@ -21,3 +33,15 @@ __all__ = [
     "TrialFailed",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ple_search' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

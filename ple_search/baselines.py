@@ -57,7 +57,7 @@ def run_baselines(
         single = dataset.select_tasks([task])
         space = single_task_space(meta["space"], task, f"single-task space of study '{study.study_name}' ({task})")
         name = baseline_study_name(study.study_name, task)
-        baseline = open_study(name, storage, space, single, space.make_sampler(None, sampler_seed))
+        baseline = open_study(name, storage, space, single, seed=sampler_seed)
         budget = meta["budget"]
         settings = TrialSettings(list(single.schema.tasks), budget["max_epochs"], budget["patience"], sampler_seed, accelerator)
         with reporter(baseline, trials) as progress:

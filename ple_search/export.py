@@ -22,11 +22,9 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-import ple_search
+from ple_search._version import __version__
 from ple_search.errors import ConfigError, StorageError
 from ple_search.files import atomic_write_text, read_yaml
-from ple_search.hparams import model_hparams, resolve_hparams
-from ple_search.model import PLE
 from ple_search.pareto import finished_trials, nondominated_ranks, study_meta
 from ple_search.storage import mask_url
 
@@ -114,9 +112,9 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
     """The export: everything needed to retrain without the study."""
     meta = study_meta(study)
     return {
-        "ple_search_version": ple_search.__version__,
+        "ple_search_version": __version__,
         "hparams": trial.user_attrs["hparams"],
-        "dataset": meta["dataset"],
+        "dataset": portable_dataset(meta["dataset"]),
         "split": meta["split"],
         "schema": meta["schema"],
         "objectives": meta["objectives"],
@@ -128,10 +126,19 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
             "pick": reason,
             "val": trial.user_attrs.get("val"),
             "test": trial.user_attrs.get("test"),
-            "package_version": ple_search.__version__,
+            "package_version": __version__,
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
+
+
+def portable_dataset(described: dict[str, Any]) -> dict[str, Any]:
+    """The dataset description with a dataset spec path made absolute, so the exported config
+    trains from any working directory (the study stored it as ``run`` was given it)."""
+    name = str(described["name"])
+    if name.endswith((".yaml", ".yml")):
+        name = str(Path(name).expanduser().resolve())
+    return {**described, "name": name}
 
 
 def write_config(config: dict[str, Any], path: Path) -> None:
@@ -148,6 +155,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(config) - CONFIG_KEYS)
     if missing or unknown:
         raise ConfigError(f"{path}: {'missing' if missing else 'unknown'} key '{(missing or unknown)[0]}'; a config has {sorted(CONFIG_KEYS)}")
+    from ple_search.hparams import model_hparams, resolve_hparams  # torch: only to load a config for training
+    from ple_search.model import PLE
+
     try:
         config["hparams"] = resolve_hparams(config["hparams"])
         PLE.from_hparams(4, max(len(config["schema"]["tasks"]), 1), model_hparams(config["hparams"]))

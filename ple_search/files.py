@@ -18,21 +18,49 @@ def read_yaml(path: Path, what: str, error: type[PLESearchError] = ConfigError) 
         return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise error(f"{path}: {what} file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a folder, not a {what} file") from None
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "somewhere"
+        raise error(f"{path}: {what} is not valid YAML at {at}: {exc.problem or exc.context}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise error(f"{path}: cannot read {what}: {exc}") from None
+        raise error(f"{path}: cannot read {what}: {' '.join(str(exc).split())}") from None
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file in the same folder, then ``os.replace``: never half-written."""
+    """``write(tmp)`` to a temporary file in the same folder, fsync it, ``os.replace`` it over
+    ``path`` and fsync the folder: never half-written, and still there after a power loss.
+    ``path`` must not be a folder (a ``ConfigError`` says so before anything is written)."""
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder; name a file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         write(Path(tmp))
+        fsync_path(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    fsync_path(path.parent)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file's or a folder's contents (a folder: its entries, i.e. a rename) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file and folder under ``folder`` (before it is renamed into place)."""
+    for path in sorted(folder.rglob("*"), reverse=True):
+        fsync_path(path)
+    fsync_path(folder)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -56,14 +56,17 @@ class PLEModule(pl.LightningModule):
         self.model = PLE.from_hparams(input_dim, len(schema.tasks), model_hparams(resolved))
         self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
         self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in schema.tasks]), persistent=False)
+        self.register_buffer("label_shift", torch.tensor([t.shift for t in schema.tasks], dtype=torch.float32), persistent=False)
+        self.register_buffer("label_scale", torch.tensor([t.scale for t in schema.tasks], dtype=torch.float32), persistent=False)
         self._epoch_loss_sum = torch.zeros(len(schema.tasks))
         self._epoch_steps = 0
         self._eval_outputs: list[tuple[Tensor, Tensor]] = []
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        """Raw outputs ``[B, T]``: logits for binary tasks, values for regression tasks."""
-        return self.model(self.encoder(cat, num))
+        """Raw outputs ``[B, T]``: logits for binary tasks, values in the label's units for
+        regression tasks (the network predicts standardised values; see ``Task``)."""
+        return self.model(self.encoder(cat, num)) * self.label_scale + self.label_shift
 
     def predict_outputs(self, cat: Tensor, num: Tensor) -> Tensor:
         """Serving outputs ``[B, T]``: probabilities for binary tasks, values for regression tasks."""
@@ -75,7 +78,7 @@ class PLEModule(pl.LightningModule):
         known = ~torch.isnan(labels)
         safe = torch.where(known, labels, torch.zeros_like(labels))
         bce = F.binary_cross_entropy_with_logits(outputs, safe, reduction="none")
-        mse = (outputs - safe) ** 2
+        mse = ((outputs - safe) / self.label_scale) ** 2  # standardised units: every task's loss near 1 at start
         per_sample = torch.where(self.is_binary, bce, mse) * known
         return per_sample.sum(0) / known.sum(0).clamp_min(1)
 

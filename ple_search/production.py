@@ -28,6 +28,7 @@ from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
 from ple_search.errors import ConfigError, DataError
 from ple_search.export import write_config
+from ple_search.files import fsync_path, fsync_tree
 from ple_search.module import PLEModule
 from ple_search.metrics import summarize
 from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
@@ -48,9 +49,11 @@ class ServingModel(nn.Module):
         super().__init__()
         self.encoder, self.model = module.encoder, module.model
         self.register_buffer("is_binary", module.is_binary.clone())
+        self.register_buffer("label_shift", module.label_shift.clone())
+        self.register_buffer("label_scale", module.label_scale.clone())
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        out = self.model(self.encoder(cat, num))
+        out = self.model(self.encoder(cat, num)) * self.label_scale + self.label_shift
         return torch.where(self.is_binary, torch.sigmoid(out), out)
 
 
@@ -105,7 +108,9 @@ def train(
         (work / METRICS).write_text(json.dumps(metrics, indent=2))
         (work / PREPROCESSOR).write_text(json.dumps({"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict()}))
         write_config({**config, "training": training}, work / CONFIG)
+        fsync_tree(work)
         os.replace(work, out_dir)
+        fsync_path(out_dir.parent)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import socket
 import time
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any, Callable, Mapping, Protocol
 
 import numpy as np
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
-import ple_search
+from ple_search._version import __version__
 from ple_search.data import Dataset
-from ple_search.errors import Interrupted, PLESearchError, StorageError, TrialFailed
+from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
 from ple_search.objective import EpochHook, TrialSettings, run_trial
 from ple_search.pareto import META_KEY, finished_trials, hypervolume, nondominated_ranks
 from ple_search.space import SearchSpace
@@ -62,12 +64,32 @@ def open_study(
     storage: optuna.storages.BaseStorage,
     space: SearchSpace,
     dataset: Dataset,
-    sampler: optuna.samplers.BaseSampler,
+    *,
+    sampler: str | None = None,
+    seed: int = 0,
+    allow_space_change: bool = False,
+    notify: Callable[[str], None] | None = None,
 ) -> optuna.Study:
-    """Resume the study ``name`` or create it, recording everything later commands need."""
+    """Resume the study ``name`` or create it, recording everything later commands need.
+
+    Args:
+        sampler: overrides the space's sampler name.
+        seed: the sampler seed of the process that creates the study (so a fresh study repeats
+            exactly); a process that joins an existing study (a rerun to a higher target, a second
+            terminal or machine, a ``--jobs`` worker) samples with its own stream, derived from
+            ``seed``, its identity and the trials already there, so it never replays the configs
+            of the first process.
+        allow_space_change: resume a study whose stored space searches other params; without
+            it that is refused with the list of changes. A different dataset is always refused.
+    """
     tasks = objectives_of(space, dataset)
     directions = [t.direction for t in tasks]
-    study = optuna.create_study(study_name=name, storage=storage, directions=directions, sampler=sampler, load_if_exists=True)
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=name, storage=storage)
+        created = False
     stored = [d.name.lower() for d in study.directions]
     meta = study.user_attrs.get(META_KEY)
     if stored != directions or (meta and meta["objectives"] != [t.name for t in tasks]):
@@ -75,10 +97,14 @@ def open_study(
             f"study '{name}' already exists with objectives {meta['objectives'] if meta else stored}; "
             f"this space optimises {[t.name for t in tasks]}: pick another --study name"
         )
+    if meta is not None:
+        _check_same_search(name, study, meta, space, allow_space_change, notify)
+    stream = seed if created else joining_seed(seed, study)
+    study.sampler = space.make_sampler(sampler, stream)
     if meta is None:
         study.set_metric_names([t.name for t in tasks])
         study.set_user_attr(META_KEY, {
-            "version": ple_search.__version__,
+            "version": __version__,
             "dataset": space.dataset,
             "split": dataset.info.get("split"),
             "schema": dataset.schema.to_dict(),
@@ -92,6 +118,97 @@ def open_study(
         for config in space.enqueue:
             study.enqueue_trial(space.enqueue_params(config), skip_if_exists=True)
     return study
+
+
+def joining_seed(seed: int, study: optuna.Study) -> int:
+    """The sampler seed of a process joining ``study``: stable for a given seed, process and study
+    state, different for every process (host and pid) and every rerun (trials already there)."""
+    started = sum(t.state != TrialState.WAITING for t in study.get_trials(deepcopy=False))
+    text = f"{seed}:{worker_id()}:{started}"
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def dataset_identity(described: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes two dataset descriptions the same data: the source (a spec file by its absolute
+    path) and its options, except where the files live (``data_dir``)."""
+    name = str(described["name"])
+    if name.endswith((".yaml", ".yml")):
+        name = str(Path(name).resolve())
+    options = {k: v for k, v in (described.get("options") or {}).items() if k != "data_dir"}
+    return {"name": name, "options": options}
+
+
+def space_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
+    """Differences in the searched and fixed hyperparameters of two raw spaces, one phrase each."""
+    changes = []
+    for section in ("params", "fixed"):
+        old, new = before.get(section) or {}, after.get(section) or {}
+        for key in sorted(set(old) | set(new)):
+            if key not in new:
+                changes.append(f"{section}.{key} removed")
+            elif key not in old:
+                changes.append(f"{section}.{key} added ({new[key]!r})")
+            elif old[key] != new[key]:
+                changes.append(f"{section}.{key} {old[key]!r} -> {new[key]!r}")
+    return changes
+
+
+def _check_same_search(
+    name: str, study: optuna.Study, meta: dict[str, Any], space: SearchSpace, allow: bool, notify: Callable[[str], None] | None
+) -> None:
+    if dataset_identity(meta["dataset"]) != dataset_identity(space.dataset):
+        raise StorageError(
+            f"study '{name}' was created on dataset {dataset_identity(meta['dataset'])}; {space.path} names "
+            f"{dataset_identity(space.dataset)}: pick another --study name"
+        )
+    changes = space_changes(meta["space"], space.raw)
+    if not changes:
+        return
+    if not allow:
+        raise StorageError(
+            f"study '{name}' was searched with another space ({'; '.join(changes)}); pass --allow-space-change "
+            "to continue it with this one, or pick another --study name"
+        )
+    if notify is not None:
+        notify(f"study '{name}': continuing with a changed space: {'; '.join(changes)}")
+    history = [*meta.get("space_changes", []), {"changes": changes, "space_file": space.path}]
+    study.set_user_attr(META_KEY, {**meta, "space": space.raw, "space_file": space.path, "space_changes": history})
+
+
+def load_run_space(study: str, storage: optuna.storages.BaseStorage, path: str | Path | None) -> SearchSpace:
+    """The space of a ``run``: ``path`` if given, else ``search_spaces/STUDY.yaml`` (the working
+    directory's, else the shipped one), else the space stored in the study."""
+    from ple_search.space import find_space, load_space, parse_space
+
+    found = Path(path) if path else find_space(study)
+    if found is not None:
+        return load_space(found)
+    try:
+        stored = optuna.load_study(study_name=study, storage=storage).user_attrs.get(META_KEY)
+    except KeyError:
+        stored = None
+    if stored is None:
+        raise ConfigError(f"no search space for study '{study}': search_spaces/{study}.yaml not found; pass --space FILE")
+    return parse_space(stored["space"], f"stored space of study '{study}'")
+
+
+def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    """The earliest COMPLETE trial with exactly ``trial``'s params, if any."""
+    params = trial.params
+    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        if other.number != trial.number and other.params == params:
+            return other
+    return None
+
+
+def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
+    """Record ``twin``'s result as ``trial``'s instead of training the same config again."""
+    for key, value in twin.user_attrs.items():
+        if key not in ("worker", "retry_of", "duplicate_of"):
+            trial.set_user_attr(key, value)
+    trial.set_user_attr("duplicate_of", twin.number)
+    trial.set_user_attr("train_seconds", 0.0)
+    return list(twin.values)
 
 
 def front_summary(study: optuna.Study) -> dict[str, Any]:
@@ -190,6 +307,10 @@ def run_search(
             raise TrialFailed(SURPLUS)
         reporter.trial_started(trial.number)
         try:
+            space.sample(trial)  # suggestions are cached: run_trial gets the same values
+            twin = completed_twin(study, trial)
+            if twin is not None:
+                return reuse_twin(trial, twin)
             return run_trial(trial, space, dataset, settings, hook=reporter.epoch)
         except Interrupted:
             trial.set_user_attr("fail_reason", "interrupted")
@@ -197,7 +318,7 @@ def run_search(
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
-        except optuna.TrialPruned:
+        except (optuna.TrialPruned, StorageError):
             raise
         except Exception as exc:  # any failing trial is recorded; the study goes on
             reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"

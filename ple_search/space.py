@@ -118,6 +118,18 @@ class SearchSpace:
         return {p.name: encode(config[p.name]) for p in self.params if p.name in config}
 
 
+def _spec_path(name: str, space_path: str) -> str:
+    """A dataset spec path made absolute: relative to the working directory (as before), else to
+    the space file's folder; other names (census, synthetic) unchanged."""
+    if not name.endswith((".yaml", ".yml")):
+        return name
+    here = Path(name).expanduser()
+    beside = Path(space_path).parent / here
+    if not here.is_file() and beside.is_file():
+        here = beside
+    return str(here.resolve())
+
+
 def _fail(path: str, key: str, problem: str) -> ConfigError:
     return ConfigError(f"{path}: key '{key}': {problem}")
 
@@ -145,6 +157,9 @@ def _parse_param(path: str, name: str, spec: Any) -> Param:
         choices = spec.get("choices")
         if not isinstance(choices, list) or not choices:
             raise _fail(path, f"params.{name}", "categorical needs a non-empty list of 'choices'")
+        for choice in choices:
+            if not _storable(choice):
+                raise _fail(path, f"params.{name}.choices", f"choice {choice!r} must be a number, string, bool, null or a list of those")
         return Param(name, kind, choices=choices, when=when)
     if kind not in ("int", "float"):
         raise _fail(path, f"params.{name}", f"type {kind!r} must be int, float or categorical")
@@ -160,7 +175,22 @@ def _parse_param(path: str, name: str, spec: Any) -> Param:
         raise _fail(path, f"params.{name}", f"log scale needs low > 0 (got {low})")
     if log and spec.get("step") is not None:
         raise _fail(path, f"params.{name}", "'step' cannot be combined with 'log'")
-    return Param(name, kind, low=low, high=high, log=log, step=spec.get("step"), when=when)
+    step = spec.get("step")
+    if step is not None:
+        if isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0:
+            raise _fail(path, f"params.{name}.step", f"must be a number > 0, got {step!r}")
+        if kind == "int" and not float(step).is_integer():
+            raise _fail(path, f"params.{name}.step", f"an int range needs an integer step, got {step!r}")
+        if step > high - low and high > low:
+            raise _fail(path, f"params.{name}.step", f"step {step} is larger than the range {low}..{high}")
+    return Param(name, kind, low=low, high=high, log=log, step=step, when=when)
+
+
+def _storable(value: Any) -> bool:
+    """Whether Optuna can store ``value`` as a categorical choice (lists travel as JSON)."""
+    if isinstance(value, (list, tuple)):
+        return all(v is None or isinstance(v, (bool, int, float, str)) for v in value)
+    return value is None or isinstance(value, (bool, int, float, str))
 
 
 def _possible(space_fixed: dict[str, Any], params: dict[str, Param], key: str) -> list[Any]:
@@ -183,36 +213,18 @@ def _conditions_first(path: str, params: dict[str, Param]) -> list[Param]:
 
 
 def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
-    """Validate a loaded YAML document; every problem is a ``ConfigError`` naming file and key."""
+    """Validate a loaded YAML document; every problem is a ``ConfigError`` naming file and key,
+    raised before any trial (nothing is left for Optuna to reject while sampling)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a search space must be a mapping with keys {sorted(TOP_KEYS)}")
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise _fail(path, unknown[0], f"unknown key; allowed: {sorted(TOP_KEYS)}")
-    dataset = raw.get("dataset")
-    if isinstance(dataset, str):
-        dataset = {"name": dataset}
-    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
-        raise _fail(path, "dataset", "needs 'name' (census, synthetic or a dataset spec path)")
-    dataset = {"name": dataset["name"], "options": dict(dataset.get("options") or {})}
     objectives = raw.get("objectives")
-    if objectives is not None and (not isinstance(objectives, list) or not objectives):
+    if objectives is not None and (not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives)):
         raise _fail(path, "objectives", "must be a non-empty list of task names")
-    sampler = raw.get("sampler") or {"name": "tpe"}
-    if isinstance(sampler, str):
-        sampler = {"name": sampler}
-    if sampler.get("name") not in SAMPLERS:
-        raise _fail(path, "sampler", f"name {sampler.get('name')!r} must be one of {list(SAMPLERS)}")
-    budget = {**BUDGET_DEFAULTS, **(raw.get("budget") or {})}
-    for key, value in budget.items():
-        if key not in BUDGET_DEFAULTS:
-            raise _fail(path, f"budget.{key}", f"unknown; allowed: {sorted(BUDGET_DEFAULTS)}")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise _fail(path, f"budget.{key}", f"must be an integer >= 1, got {value!r}")
-    fixed = dict(raw.get("fixed") or {})
-    params_raw = raw.get("params") or {}
-    if not isinstance(params_raw, dict):
-        raise _fail(path, "params", "must map hyperparameter names to ranges")
+    fixed = _mapping(path, "fixed", raw.get("fixed"))
+    params_raw = _mapping(path, "params", raw.get("params"))
     for key in [*fixed, *params_raw]:
         if key not in DEFAULTS:
             raise _fail(path, key, f"unknown hyperparameter; allowed: {', '.join(DEFAULTS)}")
@@ -223,19 +235,85 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     for name, value in fixed.items():
         _check_value(path, name, value)
     for param in params.values():
-        for key in param.when:
-            if key not in fixed and key not in params:
-                raise _fail(path, f"params.{param.name}.when", f"condition on '{key}', which is neither searched nor fixed")
+        _check_conditions(path, param, fixed, params)
         for value in param.candidates():
             _check_value(path, param.name, int(value) if param.type == "int" else value)
     if max(_possible(fixed, params, "experts_per_task")) + max(_possible(fixed, params, "shared_experts")) == 0:
         raise _fail(path, "experts_per_task", "impossible space: 'experts_per_task' and 'shared_experts' are always 0")
     enqueue = raw.get("enqueue") or []
-    pruner = parse_pruner(path, raw.get("pruner"))
-    space = SearchSpace(path, dataset, objectives, sampler, budget, fixed, _conditions_first(path, params), enqueue, raw, pruner)
+    if not isinstance(enqueue, list):
+        raise _fail(path, "enqueue", "must be a list of configs (mappings of searched hyperparameters)")
+    space = SearchSpace(
+        path, _parse_dataset(path, raw.get("dataset")), objectives, _parse_sampler(path, raw.get("sampler")),
+        _parse_budget(path, raw.get("budget")), fixed, _conditions_first(path, params), enqueue, raw,
+        parse_pruner(path, raw.get("pruner")),
+    )  # fmt: skip
     for i, config in enumerate(enqueue):
         _check_enqueued(space, i, config)
     return space
+
+
+def _mapping(path: str, key: str, value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _fail(path, key, f"must be a mapping (key: value lines), got {type(value).__name__} {value!r}")
+    return dict(value)
+
+
+def _parse_dataset(path: str, dataset: Any) -> dict[str, Any]:
+    if isinstance(dataset, str):
+        dataset = {"name": dataset}
+    if not isinstance(dataset, dict) or not isinstance(dataset.get("name"), str):
+        raise _fail(path, "dataset", "needs 'name' (census, synthetic or a dataset spec path)")
+    options = _mapping(path, "dataset.options", dataset.get("options"))
+    return {"name": _spec_path(dataset["name"], path), "options": options}
+
+
+def _parse_sampler(path: str, sampler: Any) -> dict[str, Any]:
+    sampler = {"name": sampler} if isinstance(sampler, str) else _mapping(path, "sampler", sampler) or {"name": "tpe"}
+    unknown = sorted(set(sampler) - {"name", "seed"})
+    if unknown:
+        raise _fail(path, f"sampler.{unknown[0]}", "unknown; allowed: name, seed")
+    if sampler.get("name", "tpe") not in SAMPLERS:
+        raise _fail(path, "sampler", f"name {sampler.get('name')!r} must be one of {list(SAMPLERS)}")
+    seed = sampler.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise _fail(path, "sampler.seed", f"must be an integer >= 0, got {seed!r}")
+    return {"name": "tpe", **sampler}
+
+
+def _parse_budget(path: str, budget: Any) -> dict[str, int]:
+    budget = {**BUDGET_DEFAULTS, **_mapping(path, "budget", budget)}
+    for key, value in budget.items():
+        if key not in BUDGET_DEFAULTS:
+            raise _fail(path, f"budget.{key}", f"unknown; allowed: {sorted(BUDGET_DEFAULTS)}")
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise _fail(path, f"budget.{key}", f"must be an integer >= 1, got {value!r}")
+    return budget
+
+
+def _check_conditions(path: str, param: Param, fixed: dict[str, Any], params: dict[str, Param]) -> None:
+    """Every ``when`` key is searched or fixed, and each allowed value is one it can take (else
+    the param would never be sampled)."""
+    for key, allowed in param.when.items():
+        where = f"params.{param.name}.when.{key}"
+        if key in params:
+            other = params[key]
+            if other.type == "categorical":
+                reachable = [v for v in allowed if encode(v) in [encode(c) for c in other.choices]]
+                takes = f"choices {other.choices}"
+            else:
+                reachable = [v for v in allowed if isinstance(v, (int, float)) and not isinstance(v, bool) and other.low <= v <= other.high]
+                takes = f"values {other.low}..{other.high}"
+        elif key in fixed:
+            reachable = [v for v in allowed if encode(v) == encode(fixed[key])]
+            takes = f"only its fixed value {fixed[key]!r}"
+        else:
+            raise _fail(path, f"params.{param.name}.when", f"condition on '{key}', which is neither searched nor fixed")
+        unreachable = [v for v in allowed if v not in reachable]
+        if unreachable:
+            raise _fail(path, where, f"value {unreachable[0]!r} can never occur: '{key}' takes {takes}")
 
 
 def _check_enqueued(space: SearchSpace, index: int, config: Any) -> None:
@@ -254,6 +332,21 @@ def _check_enqueued(space: SearchSpace, index: int, config: Any) -> None:
         PLE.from_hparams(4, 2, model_hparams(resolve_hparams({**space.fixed, **config})))
     except ConfigError as exc:
         raise _fail(space.path, key, str(exc)) from None
+
+
+def find_space(study: str) -> Path | None:
+    """The space file for ``--study NAME``: ``search_spaces/NAME.yaml`` in the working directory
+    (a user's own file wins), else the one shipped with the package (census, synthetic), else None."""
+    local = Path.cwd() / "search_spaces" / f"{study}.yaml"
+    if local.is_file():
+        return local
+    from importlib.resources import as_file, files
+
+    shipped = files("ple_search.search_spaces").joinpath(f"{study}.yaml")
+    if shipped.is_file():
+        with as_file(shipped) as path:  # a real file for every install kind (wheel, editable)
+            return Path(path)
+    return None
 
 
 def load_space(path: str | Path) -> SearchSpace:

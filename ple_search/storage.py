@@ -1,28 +1,45 @@
 """Optuna storages opened by URL or journal path, with errors users can act on and passwords never shown.
 
 * ``results/ple-search.journal`` (the default) or any path ending in ``.journal``/``.log``: Optuna's
-  ``JournalFileBackend``, the storage Optuna recommends for several processes on one machine.
-* Any SQLAlchemy URL (``sqlite:///...``, ``postgresql://user:password@host/db``, ...): ``RDBStorage``
-  with heartbeats, so a trial of a killed worker is failed after the grace period and retried once.
+  ``JournalFileBackend``, the storage Optuna recommends for several processes on one machine. A
+  torn final record (a crash or a full disk in the middle of a write) is set aside into a side file
+  when the journal is opened, so it never ends up in the middle of the file; a damaged record
+  anywhere else is one error naming the file and line.
+* Any SQLAlchemy URL (``sqlite:///...``, ``postgresql://user:password@host/db``, ...): an
+  ``RDBStorage`` with heartbeats (a killed worker's trial is failed after the grace period and
+  retried once) whose every call is retried with backoff while the database is unreachable, for up
+  to ``retry_seconds``, so a restarted server loses no trial.
 """
 
 from __future__ import annotations
 
+import datetime as _dt
+import functools
+import json
+import os
 import re
+import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 import optuna
-from optuna.storages.journal import JournalFileBackend
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
 from ple_search.errors import StorageError
 
 DEFAULT_STORAGE = "results/ple-search.journal"
+DEFAULT_RETRY_SECONDS = 300.0
 JOURNAL_SUFFIXES = (".journal", ".log")
 _PASSWORD = re.compile(r"(?P<head>://[^:/@]*:)(?P<password>[^@]*)@")
+_RECORD_START = b'{"op_code":'
 T = TypeVar("T")
+Notify = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def mask_url(url: str) -> str:
@@ -41,15 +58,27 @@ def is_journal(url: str) -> bool:
     return "://" not in url and url.endswith(JOURNAL_SUFFIXES)
 
 
-def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None) -> optuna.storages.BaseStorage:
-    """The storage behind ``url``; with ``heartbeat_interval`` (RDB only) running trials send
-    heartbeats and stale ones are failed and retried once. Failures are ``StorageError``s."""
+def open_storage(
+    url: str,
+    heartbeat_interval: int | None = None,
+    grace_period: int | None = None,
+    *,
+    retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    notify: Notify = _stderr,
+) -> optuna.storages.BaseStorage:
+    """The storage behind ``url``. Failures to open it are ``StorageError``s.
+
+    Args:
+        url: a journal file path (``*.journal``) or an SQLAlchemy URL.
+        heartbeat_interval: RDB only: running trials send heartbeats this often (seconds), and
+            trials without one for ``grace_period`` (default twice the interval) are failed and
+            retried once.
+        retry_seconds: RDB only: how long each storage call keeps retrying an unreachable
+            database before it raises a ``StorageError``.
+        notify: where one-line notices go (a torn journal record set aside, an outage and its end).
+    """
     if is_journal(url):
-        Path(url).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            return optuna.storages.JournalStorage(JournalFileBackend(url))
-        except OSError as exc:
-            raise StorageError(f"cannot open journal storage {url}: {exc}") from None
+        return _open_journal(Path(url), notify)
     if "://" not in url:
         raise StorageError(
             f"storage {mask_url(url)!r} is malformed: expected a journal file (*.journal) or a URL such as "
@@ -73,21 +102,173 @@ def open_storage(url: str, heartbeat_interval: int | None = None, grace_period: 
     def create() -> optuna.storages.RDBStorage:
         with warnings.catch_warnings():  # heartbeats are "experimental" in Optuna since 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine, **kwargs)
+            storage = ResilientRDBStorage(url, engine_kwargs=engine, **kwargs)
+        storage.configure_retry(retry_seconds, url, notify)
+        return storage
 
     # Workers starting together on an empty database race to create Optuna's schema ("duplicate
     # key", "relation already exists"); the losers find it created on a later attempt.
+    # SQLite says "table ... already exists" as an OperationalError.
     for attempt in range(4):
         try:
             return create()
-        except (IntegrityError, ProgrammingError):
-            time.sleep(0.5 * (attempt + 1))
         except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
-            raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+            if not isinstance(exc, (IntegrityError, ProgrammingError)) and "already exists" not in str(exc):
+                raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+            time.sleep(0.5 * (attempt + 1))
     try:
         return create()
     except Exception as exc:
         raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+
+
+# ----------------------------------------------------------------------------- journal files
+
+
+def _open_journal(path: Path, notify: Notify) -> optuna.storages.JournalStorage:
+    """Open a journal file, setting a torn final record aside first (under the journal's own lock,
+    so a record another process is writing right now is never mistaken for a torn one)."""
+    if path.is_dir():
+        raise StorageError(f"journal storage {path} is a directory; pass a file such as {path / 'ple-search.journal'}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        backend = JournalFileBackend(str(path))
+        lock = JournalFileSymlinkLock(str(path))
+        lock.acquire()
+        try:
+            set_aside = repair_torn_tail(path)
+        finally:
+            lock.release()
+    except OSError as exc:
+        raise StorageError(f"cannot open journal storage {path}: {exc}") from None
+    if set_aside is not None:
+        side, size = set_aside
+        notify(f"{path}: set aside a torn final record ({size} bytes, left by an interrupted write) in {side}; the study continues")
+    with open(path, "rb") as handle:
+        first = handle.readline()
+    if first and not _is_record(first):  # Optuna would silently append to any other file
+        raise StorageError(describe_damage(path))
+    try:
+        return optuna.storages.JournalStorage(backend)
+    except Exception:  # Optuna raises JSONDecodeError, ValueError, KeyError or TypeError on bad records
+        raise StorageError(describe_damage(path)) from None
+
+
+def repair_torn_tail(path: Path) -> tuple[Path, int] | None:
+    """Move an incomplete final record (no closing newline, or undecodable) into a side file
+    ``PATH.torn-TIMESTAMP`` and cut it from the journal; returns (side file, bytes) or None.
+    A file that does not look like a journal is left untouched (``describe_damage`` reports it)."""
+    size = path.stat().st_size
+    if size == 0:
+        return None
+    with open(path, "rb") as handle:
+        first = handle.readline()
+        handle.seek(max(0, size - (1 << 20)))
+        tail = handle.read()
+    end = len(tail) - 1 if tail.endswith(b"\n") else len(tail)
+    newline = tail.rfind(b"\n", 0, end)
+    if newline < 0 and len(tail) < size:
+        return None  # a final line over 1 MiB: no journal writes those
+    last = tail[newline + 1 :]
+    offset = size - len(tail) + newline + 1
+    if last.endswith(b"\n") and _is_record(last):
+        return None
+    starts_like_journal = _is_record(first) or (offset == 0 and _looks_torn(first))
+    if not starts_like_journal or not _looks_torn(last):
+        return None
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    side = path.with_name(f"{path.name}.torn-{stamp}")
+    with open(side, "wb") as handle:
+        handle.write(last)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.truncate(path, offset)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return side, len(last)
+
+
+def _looks_torn(fragment: bytes) -> bool:
+    """A record cut short: the start of ``{"op_code":...`` or, after a power loss, zero bytes."""
+    head = fragment[: len(_RECORD_START)]
+    return head == _RECORD_START[: len(head)] or not fragment.strip(b"\0\n")
+
+
+def _is_record(line: bytes) -> bool:
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(record, dict) and "op_code" in record
+
+
+def describe_damage(path: Path) -> str:
+    """One line naming the first line of ``path`` that is not a journal record."""
+    with open(path, "rb") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not _is_record(line):
+                shown = line[:40].decode("utf-8", "replace").rstrip()
+                if number == 1:
+                    return (
+                        f"{path}: not an Optuna journal file (line 1 starts {shown!r}); pass another "
+                        "--storage file, or an RDB URL such as sqlite:///results/ple-search.db"
+                    )
+                return (
+                    f"{path}: line {number} is not a journal record (starts {shown!r}); the file is damaged: "
+                    "restore it from a backup, or cut that line out with a text editor to keep the records around it"
+                )
+    return f"{path}: the journal cannot be read; restore it from a backup"
+
+
+# ----------------------------------------------------------------------------- databases
+
+
+class ResilientRDBStorage(optuna.storages.RDBStorage):
+    """``RDBStorage`` whose calls wait out a database outage: each public storage call is retried
+    with backoff (1 s doubling to 10 s) while the database is unreachable, for at most
+    ``retry_seconds``, then raises a ``StorageError``. A heartbeat that cannot be sent is skipped
+    (the next one is sent as usual), so a short outage neither kills the heartbeat thread nor
+    fails the running trial."""
+
+    _retry_seconds = DEFAULT_RETRY_SECONDS
+    _url = ""
+    _notify: Notify = staticmethod(_stderr)
+
+    def configure_retry(self, retry_seconds: float, url: str, notify: Notify) -> None:
+        self._retry_seconds, self._url, self._notify = retry_seconds, url, notify
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+
+def _retrying(name: str) -> Callable[..., Any]:
+    parent = getattr(optuna.storages.RDBStorage, name)
+
+    @functools.wraps(parent)
+    def method(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+        return with_retry(lambda: parent(self, *args, **kwargs), self._retry_seconds, name.replace("_", " "), self._url, notify=self._notify)
+
+    return method
+
+
+for _name in (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
+    "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
+    "get_study_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
+    "get_trial_id_from_study_id_trial_number", "get_trial_number_from_id", "get_trial_param",
+    "set_trial_state_values", "set_trial_intermediate_value", "set_trial_user_attr",
+    "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
+    "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs", "_get_stale_trial_ids",
+    "check_trial_is_updatable",
+):  # fmt: skip
+    setattr(ResilientRDBStorage, _name, _retrying(_name))
 
 
 def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -101,29 +282,56 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def transient_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "the storage is unreachable right now"."""
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc`` means "the storage is unreachable right now": a lost connection or an
+    unavailable database (SQLAlchemy's ``OperationalError``, or a driver's ``DBAPIError`` that
+    invalidated the connection), also where Optuna wraps it in ``StorageInternalError``; or an
+    ``OSError`` from a journal file."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
-    return (OperationalError, DBAPIError, OSError)
+    seen = exc
+    while seen is not None:
+        if isinstance(seen, (OperationalError, OSError)):
+            return True
+        if isinstance(seen, DBAPIError) and seen.connection_invalidated:
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
-def with_retry(action: Callable[[], T], budget_seconds: float, what: str, url: str) -> T:
-    """``action()``, retried with exponential backoff (1 s doubling to 30 s) while the storage is
-    unreachable, for at most ``budget_seconds``; then a ``StorageError``."""
-    start, delay = time.monotonic(), 1.0
+def _cause_line(exc: BaseException) -> str:
+    """The first line of the innermost database error (Optuna's wrapper says nothing useful)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return _first_line(exc)
+
+
+def with_retry(action: Callable[[], T], budget_seconds: float, what: str, url: str, *, notify: Notify | None = None) -> T:
+    """``action()``, retried with exponential backoff (1 s doubling to 10 s) while the storage is
+    unreachable (``is_transient``), for at most ``budget_seconds``; then a ``StorageError``.
+    ``notify`` hears one line when the outage starts and one when it ends."""
+    start, delay, noticed = time.monotonic(), 1.0, False
     while True:
         try:
-            return action()
-        except transient_errors() as exc:
+            result = action()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            reason = _scrub(_cause_line(exc), url)
             if time.monotonic() - start + delay > budget_seconds:
-                reason = _scrub(_first_line(exc), url)
                 raise StorageError(
                     f"storage {mask_url(url)} unreachable for {budget_seconds:.0f}s while {what}: {reason}; "
                     "finished trials are kept, rerun the same command to resume"
                 ) from None
+            if notify is not None and not noticed:
+                notify(f"storage {mask_url(url)} unreachable ({reason}); retrying for up to {budget_seconds:.0f}s")
+                noticed = True
             time.sleep(delay)
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, 10.0)
+            continue
+        if noticed and notify is not None:
+            notify(f"storage {mask_url(url)} reachable again after {time.monotonic() - start:.0f}s")
+        return result
 
 
 def load_study(name: str, storage: optuna.storages.BaseStorage, **kwargs) -> optuna.Study:

@@ -17,8 +17,8 @@ SPACE = {
     "dataset": {"name": "synthetic", "options": {"n": 2000, "d": 6, "p": 0.5}},
     "sampler": {"name": "random", "seed": 0},
     "budget": {"max_epochs": 2, "patience": 2},
-    "fixed": {"lr": 0.02},
     "params": {
+        "lr": {"type": "float", "low": 0.005, "high": 0.05, "log": True},  # no two trials share a config
         "levels": {"type": "int", "low": 1, "high": 2},
         "experts_per_task": {"type": "int", "low": 0, "high": 2},
         "shared_experts": {"type": "int", "low": 1, "high": 2},
@@ -103,7 +103,7 @@ def test_pareto_all_formats_plot_and_studies(tmp_path, space, capsys):
 
 def test_live_display_and_a_failing_trial_does_not_stop_the_study(tmp_path, space, capsys):
     raw = yaml.safe_load(space.read_text())
-    raw["fixed"]["loss_weighting"] = "gradnorm"
+    raw["fixed"] = {"loss_weighting": "gradnorm"}
     raw["params"]["shared_experts"] = {"type": "int", "low": 0, "high": 1}
     raw["params"]["experts_per_task"] = {"type": "int", "low": 1, "high": 2}
     raw["enqueue"] = [{"shared_experts": 0}]  # GradNorm needs a shared layer: this trial fails

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -19,6 +19,7 @@ import numpy as np
 from ple_search.data.dataset import SPLITS, Dataset, Split
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
+from ple_search.files import atomic_write
 
 FORMAT = 1
 
@@ -41,15 +42,12 @@ def save(path: Path, dataset: Dataset) -> None:
     for name in SPLITS:
         split = dataset.split(name)
         arrays.update({f"{name}_cat": split.cat.numpy(), f"{name}_num": split.num.numpy(), f"{name}_labels": split.labels.numpy()})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write)
 
 
 def load(path: Path) -> Dataset | None:
@@ -58,7 +56,7 @@ def load(path: Path) -> Dataset | None:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
             splits = {name: Split.from_numpy(data[f"{name}_cat"], data[f"{name}_num"], data[f"{name}_labels"]) for name in SPLITS}
-    except (OSError, ValueError, KeyError):
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # absent, torn or stale
         return None
     return Dataset(
         Schema.from_dict(meta["schema"]),

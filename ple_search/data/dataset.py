@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 from torch import Tensor
 
 from ple_search.data.preprocess import Preprocessor
-from ple_search.data.schema import Schema
+from ple_search.data.schema import Schema, Task
 from ple_search.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -52,6 +53,12 @@ class Dataset:
     preprocessor: Preprocessor
     info: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.schema = Schema(
+            self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric,
+            tuple(_with_label_scale(t, self.train.labels[:, k]) for k, t in enumerate(self.schema.tasks)),
+        )  # fmt: skip
+
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
 
@@ -79,6 +86,17 @@ class Dataset:
                         f"{where}: task '{task.name}' has only one class ({float(known[0]):g}) in the "
                         f"{name} split, so its AUC is undefined; use more data or another split"
                     )
+
+
+def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:
+    """A regression task with the train split's label mean and std (std 1 when undefined or 0)."""
+    if task.type != "regression":
+        return task
+    known = train_labels[~torch.isnan(train_labels)].to(torch.float64)
+    if known.numel() == 0:
+        return task
+    mean, std = float(known.mean()), float(known.std(unbiased=False))
+    return replace(task, shift=mean, scale=std if std > 0 and math.isfinite(std) else 1.0)
 
 
 def from_frames(

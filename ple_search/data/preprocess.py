@@ -29,7 +29,35 @@ def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:
             f"{where}: numeric column '{column}' has a non-numeric value {values.iloc[row]!r} "
             f"(first at row {row + 1})"
         )
-    return parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    result = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = np.isinf(result)
+    if infinite.any():
+        row = int(np.flatnonzero(infinite)[0])
+        raise DataError(
+            f"{where}: numeric column '{column}' has a non-finite value {values.iloc[row]!r} at row {row + 1} "
+            "(inf, -inf or beyond float range); numbers must be finite: leave the cell empty for a missing value"
+        )
+    return result
+
+
+_INTEGRAL_TEXT = r"^(-?\d+)\.0+$"
+_EXACT_INTEGERS = 2.0**53
+
+
+def category_text(values: pd.Series) -> pd.Series:
+    """A categorical column as strings that do not depend on how the file stored it: an integer
+    held as a float (Parquet stores an int column with gaps as float, a CSV written from one says
+    ``1.0``) becomes ``"1"``, and every missing value becomes ``"nan"``."""
+    missing = values.isna().to_numpy()
+    if pd.api.types.is_float_dtype(values.dtype):
+        numbers = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(numbers) & (np.abs(numbers) < _EXACT_INTEGERS) & (numbers == np.round(numbers))
+        text = values.astype(str).to_numpy(dtype=object)
+        text[integral] = numbers[integral].astype(np.int64).astype(str)
+        text = pd.Series(text, index=values.index, dtype=object)
+    else:
+        text = values.astype(str).str.replace(_INTEGRAL_TEXT, r"\1", regex=True)
+    return text.where(~missing, "nan")
 
 
 @dataclass
@@ -52,7 +80,7 @@ class Preprocessor:
     ) -> "Preprocessor":
         vocab = {}
         for col in categorical:
-            counts = frame[col].astype(str).value_counts()
+            counts = category_text(frame[col]).value_counts()
             kept = counts[counts >= min_count]
             vocab[col] = sorted(kept.index.tolist())
         stats = {}
@@ -76,7 +104,7 @@ class Preprocessor:
             raise DataError(f"{where}: required column '{missing[0]}' is missing")
         codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
         for j, (col, values) in enumerate(self.categorical.items()):
-            codes[:, j] = pd.Index(values).get_indexer(frame[col].astype(str)) + 1
+            codes[:, j] = pd.Index(values).get_indexer(category_text(frame[col])) + 1
         num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
         for j, (col, s) in enumerate(self.numeric.items()):
             values = to_numeric(frame[col], where, col)

@@ -10,10 +10,17 @@ TASK_TYPES = ("binary", "regression")
 
 @dataclass(frozen=True)
 class Task:
-    """A prediction target: ``binary`` (BCE, AUC, maximise) or ``regression`` (MSE, RMSE, minimise)."""
+    """A prediction target: ``binary`` (BCE, AUC, maximise) or ``regression`` (MSE, RMSE, minimise).
+
+    Regression targets are standardised with the train split's mean and standard deviation
+    (``shift``, ``scale``): a label with mean 70 and std 12 would otherwise take a network that
+    starts near 0 most of its epochs to reach, and losses of different tasks would differ by
+    orders of magnitude. Predictions and metrics stay in the label's own units."""
 
     name: str
     type: str
+    shift: float = 0.0  # regression: the train split's label mean; the model predicts
+    scale: float = 1.0  # (label - shift) / scale and reports shift + scale * output
 
     @property
     def metric(self) -> str:
@@ -22,6 +29,12 @@ class Task:
     @property
     def direction(self) -> str:
         return "maximize" if self.type == "binary" else "minimize"
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"name": self.name, "type": self.type}
+        if self.type == "regression":
+            data.update(shift=self.shift, scale=self.scale)
+        return data
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,7 @@ class Schema:
             "categorical": list(self.categorical),
             "vocab_sizes": list(self.vocab_sizes),
             "numeric": list(self.numeric),
-            "tasks": [{"name": t.name, "type": t.type} for t in self.tasks],
+            "tasks": [t.to_dict() for t in self.tasks],
         }
 
     @classmethod
@@ -54,5 +67,5 @@ class Schema:
             categorical=tuple(data.get("categorical", ())),
             vocab_sizes=tuple(int(v) for v in data.get("vocab_sizes", ())),
             numeric=tuple(data.get("numeric", ())),
-            tasks=tuple(Task(t["name"], t["type"]) for t in data["tasks"]),
+            tasks=tuple(Task(t["name"], t["type"], float(t.get("shift", 0.0)), float(t.get("scale", 1.0))) for t in data["tasks"]),
         )

@@ -16,6 +16,7 @@ Every bad input is one ``DataError`` naming the file, the column and, where it a
 
 from __future__ import annotations
 
+import re
 import zlib
 from pathlib import Path
 from typing import Any, Mapping
@@ -81,6 +82,27 @@ def _task_spec(path: Path, task: Any) -> dict[str, Any]:
     return {"name": str(task["name"]), "column": str(task.get("column", task["name"])), "type": task["type"], "labels": labels}
 
 
+# YAML 1.1 (PyYAML) reads these unquoted words as booleans: `labels: {yes: 1, no: 0}` arrives as
+# {True: 1, False: 0}. A boolean key therefore stands for every spelling YAML turns into it.
+_YAML_BOOL_WORDS = {
+    True: ("true", "True", "TRUE", "yes", "Yes", "YES", "on", "On", "ON"),
+    False: ("false", "False", "FALSE", "no", "No", "NO", "off", "Off", "OFF"),
+}
+
+
+def label_mapping(labels: Mapping[Any, Any]) -> dict[str, float]:
+    """Raw label text -> 0/1, with unquoted yes/no/on/off/true/false keys accepted as written."""
+    mapping: dict[str, float] = {}
+    for key, value in labels.items():
+        spellings = _YAML_BOOL_WORDS[key] if isinstance(key, bool) else (str(key),)
+        for text in spellings:
+            mapping.setdefault(text, float(value))
+    for key, value in labels.items():  # a quoted key wins over a boolean's spellings
+        if not isinstance(key, bool):
+            mapping[str(key)] = float(value)
+    return mapping
+
+
 def _split_spec(path: Path, split: Any) -> dict[str, Any]:
     if isinstance(split, dict) and "column" in split:
         return {"column": str(split["column"])}
@@ -94,29 +116,48 @@ def _split_spec(path: Path, split: Any) -> dict[str, Any]:
 
 
 def read_table(file: Path, fmt: str) -> pd.DataFrame:
-    """The raw table, every cell as read; unreadable, empty or duplicate-header files are ``DataError``s."""
+    """The raw table, every cell as read; unreadable, empty, ragged or duplicate-header files are
+    one-line ``DataError``s naming the file (and the line or column where that is known)."""
     if not file.is_file():
-        raise DataError(f"{file}: file not found")
+        raise DataError(f"{file}: {'is a folder, not a data file' if file.is_dir() else 'file not found'}")
     try:
         if fmt == "parquet":
             import pyarrow.parquet as pq
 
             names = pq.read_schema(file).names
+            _no_duplicates(file, names)
             frame = pd.read_parquet(file)
         else:
             header = pd.read_csv(file, header=None, nrows=1, dtype=str, keep_default_na=False)
             names = header.iloc[0].tolist()
+            _no_duplicates(file, names)
             frame = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
+    except DataError:
+        raise
     except pd.errors.EmptyDataError:
         raise DataError(f"{file}: the file is empty") from None
-    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError, pd.errors.ParserError) as exc:
-        raise DataError(f"{file}: cannot read the file ({type(exc).__name__}: {exc})") from None
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DataError(f"{file}: duplicate column name '{duplicates[0]}'")
+    except pd.errors.ParserError as exc:
+        found = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", str(exc))
+        if found:
+            expected, line, saw = found.groups()
+            raise DataError(f"{file}: line {line} has {saw} fields where the header has {expected}") from None
+        raise DataError(f"{file}: cannot parse the file ({_one_line(exc)})") from None
+    except (OSError, EOFError, zlib.error, UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{file}: cannot read the file ({type(exc).__name__}: {_one_line(exc)})") from None
     if frame.empty:
         raise DataError(f"{file}: the file has no data rows")
     return frame
+
+
+def _no_duplicates(file: Path, names: list[Any]) -> None:
+    duplicates = sorted({str(n) for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{file}: duplicate column name '{duplicates[0]}'")
+
+
+def _one_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _labels(frame: pd.DataFrame, file: Path, task: dict[str, Any]) -> np.ndarray:
@@ -127,7 +168,7 @@ def _labels(frame: pd.DataFrame, file: Path, task: dict[str, Any]) -> np.ndarray
     present = raw.notna() & (raw.astype(str).str.strip() != "")
     text = raw.astype(str).str.strip()
     if task["labels"] is not None:
-        mapping = {str(k): float(v) for k, v in task["labels"].items()}
+        mapping = label_mapping(task["labels"])
     else:
         mapping = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
     values = text.map(mapping)

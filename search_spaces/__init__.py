@@ -1,0 +1,1 @@
+"""The search spaces that ship with ple-search (``--study census|synthetic``) and the commented example."""
