@@ -273,8 +273,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
     from rich.table import Table
 
-    from ple_search.search import front_summary
-    from ple_search.pareto import META_KEY
+    from ple_search.pareto import META_KEY, front_summary
     from ple_search.storage import open_storage
 
     storage = open_storage(args.storage)

@@ -281,3 +281,19 @@ def plot(study: optuna.Study, path: str) -> None:
         axes.grid(alpha=0.3)
     figure.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(figure)
+
+
+def front_summary(study: optuna.Study) -> dict[str, Any]:
+    """Front size, hypervolume and best value per objective of the finished trials."""
+    meta = study.user_attrs[META_KEY]
+    trials = finished_trials(study)
+    directions = [d.name.lower() for d in study.directions]
+    if not trials:
+        return {"front": 0, "hypervolume": 0.0, "best": {}}
+    values = np.array([t.values for t in trials])
+    front = values[nondominated_ranks(values, directions) == 0]
+    best = {
+        name: float(values[:, k].max() if d == "maximize" else values[:, k].min())
+        for k, (name, d) in enumerate(zip(meta["objectives"], directions))
+    }
+    return {"front": len(front), "hypervolume": hypervolume(front, directions, meta["reference_point"]), "best": best}

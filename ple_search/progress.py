@@ -10,7 +10,8 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ple_search.search import count_finished, eta_seconds, front_summary
+from ple_search.pareto import front_summary
+from ple_search.search import count_finished, eta_seconds
 
 
 def _clock(seconds: float) -> str:

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -18,7 +17,7 @@ from ple_search._version import __version__
 from ple_search.data import Dataset
 from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
 from ple_search.objective import EpochHook, TrialSettings, run_trial
-from ple_search.pareto import META_KEY, finished_trials, hypervolume, nondominated_ranks
+from ple_search.pareto import META_KEY
 from ple_search.space import SearchSpace
 from ple_search.storage import with_retry
 
@@ -209,22 +208,6 @@ def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
     trial.set_user_attr("duplicate_of", twin.number)
     trial.set_user_attr("train_seconds", 0.0)
     return list(twin.values)
-
-
-def front_summary(study: optuna.Study) -> dict[str, Any]:
-    """Front size, hypervolume and best value per objective of the finished trials."""
-    meta = study.user_attrs[META_KEY]
-    trials = finished_trials(study)
-    directions = [d.name.lower() for d in study.directions]
-    if not trials:
-        return {"front": 0, "hypervolume": 0.0, "best": {}}
-    values = np.array([t.values for t in trials])
-    front = values[nondominated_ranks(values, directions) == 0]
-    best = {
-        name: float(values[:, k].max() if d == "maximize" else values[:, k].min())
-        for k, (name, d) in enumerate(zip(meta["objectives"], directions))
-    }
-    return {"front": len(front), "hypervolume": hypervolume(front, directions, meta["reference_point"]), "best": best}
 
 
 def count_finished(study: optuna.Study) -> int:

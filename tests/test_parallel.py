@@ -22,7 +22,11 @@ SPACE = {
     "sampler": {"name": "random", "seed": 0},
     "budget": {"max_epochs": 2, "patience": 2},
     "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
-    "params": {"levels": {"type": "int", "low": 1, "high": 2}, "expert_hidden": {"type": "categorical", "choices": [[4], [8]]}},
+    "params": {
+        "levels": {"type": "int", "low": 1, "high": 2},
+        "expert_hidden": {"type": "categorical", "choices": [[4], [8]]},
+        "dropout": {"type": "float", "low": 0.0, "high": 0.2},  # no two trials share a config
+    },
 }
 
 
@@ -94,6 +98,10 @@ def wait_for_running(storage, study, pid, timeout=60):
 @pytest.mark.slow
 def test_jobs_2_on_the_default_journal_reach_exactly_the_target(tmp_path, space, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 6, "patience": 6}  # trials of about a second: both workers get some
+    raw["dataset"]["options"]["n"] = 5000
+    space.write_text(yaml.safe_dump(raw))
     assert main(["run", "--study", "par", "--space", str(space), "--trials", "6", "--jobs", "2", "--quiet"]) == 0
     trials = check_exact("results/ple-search.journal", "par", 6)
     assert len({t.user_attrs["worker"] for t in trials}) == 2  # both workers ran trials
@@ -197,3 +205,57 @@ def test_unreachable_storage_at_start_is_one_clear_line(capsys, space):
     assert main(["run", "--study", "x", "--space", str(space), "--trials", "1", "--storage", url]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: cannot open storage postgresql://alice:***@127.0.0.1:9/db") and "hunter2pw" not in err
+
+
+@pytest.fixture
+def pg_cluster(postgres):
+    """``VERSION NAME`` of the local cluster behind PLE_SEARCH_TEST_POSTGRES, to stop and start it."""
+    cluster = os.environ.get("PLE_SEARCH_TEST_PG_CLUSTER")
+    if not cluster:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PLE_SEARCH_TEST_PG_CLUSTER (.ci/run sets it)")
+        pytest.skip("set PLE_SEARCH_TEST_PG_CLUSTER='15 main' to let the test stop and restart the server")
+    return cluster.split()
+
+
+def _pg(cluster, action):
+    subprocess.run(["pg_ctlcluster", *cluster, action, *(["-m", "fast"] if action == "stop" else [])], check=True, timeout=60)
+    if action == "start":
+        for _ in range(60):
+            if subprocess.run(["pg_isready", "-q", "-h", "127.0.0.1"]).returncode == 0:
+                return
+            time.sleep(0.5)
+        raise AssertionError("PostgreSQL did not come back")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_a_postgres_restart_mid_study_is_waited_out_and_no_finished_trial_is_lost(space, postgres, pg_cluster):
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 6, "patience": 6}
+    raw["dataset"]["options"]["n"] = 6000
+    space.write_text(yaml.safe_dump(raw))
+    study = f"outage-{uuid.uuid4().hex[:8]}"
+    proc = subprocess.Popen(command(space, postgres, study, 6, "--storage-retry", "120"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert time.monotonic() < deadline and proc.poll() is None, "the run never finished two trials"
+            try:
+                done = {t.number: t.values for t in optuna.load_study(study_name=study, storage=postgres).get_trials(states=(optuna.trial.TrialState.COMPLETE,))}
+            except KeyError:
+                done = {}
+            if len(done) >= 2:
+                break
+            time.sleep(0.3)
+        _pg(pg_cluster, "stop")  # a real outage: every connection is cut, new ones are refused
+        time.sleep(8)
+        assert proc.poll() is None, "the run gave up during the outage"
+    finally:
+        _pg(pg_cluster, "start")
+    err = proc.communicate(timeout=300)[1]
+    assert proc.returncode == 0, err
+    assert "unreachable" in err and "reachable again" in err and "Traceback" not in err
+    trials = check_exact(postgres, study, 6)
+    for number, values in done.items():
+        assert trials[number].state.name == "COMPLETE" and trials[number].values == values

@@ -64,7 +64,7 @@ def test_baselines_are_stored_and_pareto_labels_every_front_trial(study, capsys)
     baselines = main_study.user_attrs["baselines"]
     assert set(baselines) == {"y1", "y2"} and all(b["seeds"] == 2 and b["test_mean"] > 0 for b in baselines.values())
     single = optuna.load_study(study_name="tr:single:y1", storage=storage)
-    assert len(single.directions) == 1 and single.user_attrs["ple_search"]["schema"]["tasks"] == [{"name": "y1", "type": "regression"}]
+    assert len(single.directions) == 1 and [(t["name"], t["type"]) for t in single.user_attrs["ple_search"]["schema"]["tasks"]] == [("y1", "regression")]
     assert all("loss_weighting" not in t.params for t in single.trials)
     capsys.readouterr()
     assert main(pareto_json(study)) == 0

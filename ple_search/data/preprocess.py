@@ -27,17 +27,24 @@ def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:
         row = int(np.flatnonzero(bad.to_numpy())[0])
         raise DataError(
             f"{where}: numeric column '{column}' has a non-numeric value {values.iloc[row]!r} "
-            f"(first at row {row + 1})"
+            f"(first at row {_file_row(values, row)})"
         )
     result = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     infinite = np.isinf(result)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])
         raise DataError(
-            f"{where}: numeric column '{column}' has a non-finite value {values.iloc[row]!r} at row {row + 1} "
+            f"{where}: numeric column '{column}' has a non-finite value {values.iloc[row]!r} at row {_file_row(values, row)} "
             "(inf, -inf or beyond float range); numbers must be finite: leave the cell empty for a missing value"
         )
     return result
+
+
+def _file_row(values: pd.Series, position: int) -> int:
+    """The 1-based data row (header not counted) of ``values``' ``position``: a split keeps the
+    file's row labels, so this is the row in the file, not in the split."""
+    label = values.index[position]
+    return int(label) + 1 if isinstance(label, (int, np.integer)) else position + 1
 
 
 _INTEGRAL_TEXT = r"^(-?\d+)\.0+$"
