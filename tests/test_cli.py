@@ -155,7 +155,11 @@ def test_sigint_to_a_real_process_marks_running_trial_fail_and_rerun_completes(t
             break
     import time
 
-    time.sleep(3)  # inside the first trial's 30 epochs
+    deadline = time.monotonic() + 60
+    while "RUNNING" not in states(storage)[0]:  # inside the first trial's 30 epochs
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     rest = proc.stderr.read()
     assert proc.wait(timeout=60) == 0, rest

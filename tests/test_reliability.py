@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -108,16 +109,32 @@ def test_a_fresh_study_repeats_exactly_for_a_seed(tmp_path, space):
 
 @pytest.mark.slow
 def test_two_processes_joining_one_study_with_one_seed_propose_different_configs(tmp_path, space):
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 20, "patience": 20}  # trials of a few seconds: both processes run some
+    raw["dataset"]["options"]["n"] = 6000
+    space.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path}/s.db"
     command = [sys.executable, "-m", "ple_search.cli.main", "run", "--study", "s", "--space", str(space),
-               "--trials", "8", "--storage", storage, "--quiet", "--threads", "1"]  # fmt: skip
-    procs = [subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)]
-    outputs = [p.communicate(timeout=300)[1] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outputs
+               "--trials", "6", "--storage", storage, "--quiet", "--threads", "1"]  # fmt: skip
+    first = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not [t for t in _trials_or_none(storage) if t.state.name == "COMPLETE"]:
+        assert time.monotonic() < deadline and first.poll() is None, "the first process finished no trial"
+        time.sleep(0.2)
+    second = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # same seed, joins
+    outputs = [p.communicate(timeout=300)[1] for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outputs
     trials = [t for t in trials_of(storage) if t.state.name == "COMPLETE"]
-    assert len(trials) == 8 and len({t.user_attrs["worker"] for t in trials}) == 2
+    assert len(trials) == 6 and len({t.user_attrs["worker"] for t in trials}) == 2
     params = [json.dumps(t.params, sort_keys=True) for t in trials]
     assert len(set(params)) == len(params)
+
+
+def _trials_or_none(storage):
+    try:
+        return trials_of(storage)
+    except KeyError:  # not created yet
+        return []
 
 
 def test_a_config_already_complete_is_not_trained_again(tmp_path, space):
