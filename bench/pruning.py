@@ -20,6 +20,7 @@ import optuna
 import yaml
 
 from ple_search.pareto import hypervolume
+from ple_search.record import directions_of
 from ple_search.storage import open_storage
 
 
@@ -30,7 +31,7 @@ def hypervolume_curve(study: optuna.Study) -> tuple[np.ndarray, np.ndarray]:
     start = min(t.datetime_start for t in trials if t.datetime_start)
     done = sorted((t for t in trials if t.state.name == "COMPLETE"), key=lambda t: t.datetime_complete)
     ref = study.user_attrs["ple_search"]["reference_point"]
-    directions = [d.name.lower() for d in study.directions]
+    directions = directions_of(study)
     times, volumes = [0.0], [0.0]
     for i, trial in enumerate(done):
         times.append((trial.datetime_complete - start).total_seconds())

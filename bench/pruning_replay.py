@@ -21,7 +21,8 @@ from typing import Sequence
 import numpy as np
 import optuna
 
-from ple_search.pareto import hypervolume, losses, nondominated_ranks, study_meta
+from ple_search.pareto import hypervolume, losses, nondominated_ranks
+from ple_search.record import TRAIN_SECONDS, VAL_CURVE, StudyRecord
 from ple_search.pruning import MOASHA, TIE_BREAKS
 from ple_search.storage import open_storage
 
@@ -49,15 +50,15 @@ def load_pool(sources: Sequence[str]) -> tuple[list[Recorded], list[str], list[f
     for source in sources:
         path, name = source.rsplit(":", 1)
         study = optuna.load_study(study_name=name, storage=open_storage(path))
-        meta = study_meta(study)
-        this = ([d.name.lower() for d in study.directions], meta["reference_point"], meta["budget"]["max_epochs"], meta["objectives"])
+        record = StudyRecord.from_study(study)
+        this = (record.directions, record.reference_point, record.budget["max_epochs"], record.objectives)
         if setup is not None and this != setup:
             raise SystemExit(f"{source}: objectives, reference or epoch budget differ from the first source")
         setup = this
         for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-            curve = np.array([[row[name] for name in meta["objectives"]] for row in t.user_attrs["val_curve"]])
+            curve = np.array([[row[name] for name in record.objectives] for row in t.user_attrs[VAL_CURVE]])
             epochs = len(curve)
-            train = t.user_attrs["train_seconds"]
+            train = t.user_attrs[TRAIN_SECONDS]
             pool.append(Recorded(curve, np.array(t.values), train / epochs, max(0.0, t.duration.total_seconds() - train)))
     assert setup is not None
     return pool, setup[0], setup[1], setup[2]

@@ -155,15 +155,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _load_dataset(space, data_dir: str | None):
-    from ple_search.data import load_described
-
-    dataset = load_described(space.dataset, data_dir)
-    if data_dir is not None:
-        space.dataset["options"] = {**space.dataset["options"], "data_dir": data_dir}
-    return dataset
-
-
 def _resume_hint(argv: Sequence[str]) -> str:
     shown = [mask_url(a) for a in argv]
     return "ple-search " + shlex.join(shown)
@@ -174,7 +165,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     from ple_search.objective import TrialSettings, quiet_libraries
     from ple_search.progress import LiveReporter, LogReporter
-    from ple_search.search import load_run_space, objectives_of, open_study, run_search
+    from ple_search.search import load_run_space, load_space_dataset, objectives_of, open_study, run_search
     from ple_search.storage import open_storage
 
     quiet_libraries()
@@ -182,15 +173,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     torch.set_num_threads(threads)
     storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period, retry_seconds=args.storage_retry, notify=_notice)
     space = load_run_space(args.study, storage, args.space)
-    dataset = _load_dataset(space, args.data_dir)
+    dataset = load_space_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
-    settings = TrialSettings(
-        objectives=objectives_of(space, dataset),
-        max_epochs=args.max_epochs if args.max_epochs is not None else space.budget["max_epochs"],
-        patience=args.patience if args.patience is not None else space.budget["patience"],
-        seed=seed,
-        accelerator=args.accelerator,
-    )
+    budget = {**space.budget, **{k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience)) if v is not None}}
+    settings = TrialSettings.from_budget(objectives_of(space, dataset), budget, seed=seed, accelerator=args.accelerator)
     study = open_study(
         args.study, storage, space, dataset, sampler=args.sampler, seed=seed,
         allow_space_change=args.allow_space_change, notify=_notice,
@@ -202,7 +188,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     reporter_cls = LogReporter if args.quiet else LiveReporter
     with reporter_cls(study, args.trials, err) as reporter:
         try:
-            finished = run_search(study, space, dataset, settings, args.trials, reporter, args.timeout, args.storage, args.storage_retry)
+            finished = run_search(
+                study, space, dataset, settings, target=args.trials, reporter=reporter,
+                timeout=args.timeout, storage_url=args.storage, storage_retry=args.storage_retry,
+            )  # fmt: skip
         except (KeyboardInterrupt, Interrupted):
             if args.worker is None:
                 _print_resume(study, args, argv)
@@ -217,7 +206,7 @@ def _notice(message: str) -> None:
 
 
 def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
-    from ple_search.search import count_finished
+    from ple_search.record import count_finished
 
     err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; running trials are marked FAIL.")
     err.print(f"resume with: {_resume_hint(argv)}")
@@ -236,7 +225,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
     if errors:
         err.print(f"error: {errors} of {args.jobs} workers failed; see their last lines above")
         return 2
-    from ple_search.search import count_finished
+    from ple_search.record import count_finished
 
     err.print(f"{count_finished(study)}/{args.trials} trials finished by {args.jobs} workers. Show the front: ple-search pareto --study {args.study}")
     return 0
@@ -245,7 +234,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ple_search.pareto import plot, render, report, summary_line, table_rows
+    from ple_search.report import plot, render, report, summary_line, table_rows
     from ple_search.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
@@ -273,7 +262,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
     import optuna
     from rich.table import Table
 
-    from ple_search.pareto import META_KEY, front_summary
+    from ple_search.record import is_ple_study
+    from ple_search.report import front_summary
     from ple_search.storage import open_storage
 
     storage = open_storage(args.storage)
@@ -281,7 +271,7 @@ def cmd_studies(args: argparse.Namespace) -> int:
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        front = front_summary(study) if META_KEY in study.user_attrs else {"front": "-", "hypervolume": float("nan")}
+        front = front_summary(study) if is_ple_study(study) else {"front": "-", "hypervolume": float("nan")}
         table.add_row(
             summary.study_name, *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
             str(front["front"]), f"{front['hypervolume']:.5f}",
@@ -310,10 +300,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def pick_summary(trial) -> str:
-    from ple_search.pareto import architecture
+    from ple_search.record import BEST_EPOCH, HPARAMS
+    from ple_search.report import architecture
 
-    hp = trial.user_attrs["hparams"]
-    return f"{architecture(hp, len(trial.values))}, best epoch {trial.user_attrs.get('best_epoch')}"
+    hp = trial.user_attrs[HPARAMS]
+    return f"{architecture(hp, len(trial.values))}, best epoch {trial.user_attrs.get(BEST_EPOCH)}"
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -356,16 +347,12 @@ def _study_and_data(args: argparse.Namespace):
     """The study named by ``--study`` and its dataset, as ``run`` stored them."""
     import torch
 
-    from ple_search.data import load_described
     from ple_search.objective import quiet_libraries
-    from ple_search.pareto import study_meta
-    from ple_search.storage import load_study, open_storage
+    from ple_search.search import load_study_and_data
 
     quiet_libraries()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
-    storage = open_storage(args.storage)
-    study = load_study(args.study, storage)
-    return storage, study, load_described(study_meta(study)["dataset"], args.data_dir)
+    return load_study_and_data(args.study, args.storage, args.data_dir)
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:

@@ -17,11 +17,11 @@ import optuna
 from ple_search.data import Dataset
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.pareto import study_meta
-from ple_search.search import Reporter, open_study, run_search
+from ple_search.record import HPARAMS, StudyRecord, write_baselines
+from ple_search.progress import Reporter
+from ple_search.search import open_study, run_search
 from ple_search.space import SearchSpace, parse_space
 
-BASELINES_KEY = "baselines"
 WEIGHTING_KEYS = ("loss_weighting", "task_weights", "schedule_gamma", "dwa_temperature", "gradnorm_alpha")
 
 
@@ -51,24 +51,23 @@ def run_baselines(
     accelerator: str = "cpu",
 ) -> dict[str, Any]:
     """Search and retrain a single-task baseline per objective; store and return the results."""
-    meta = study_meta(study)
-    results = dict(study.user_attrs.get(BASELINES_KEY, {}))
-    for task in meta["objectives"]:
+    record = StudyRecord.from_study(study)
+    results = dict(record.baselines)
+    for task in record.objectives:
         single = dataset.select_tasks([task])
-        space = single_task_space(meta["space"], task, f"single-task space of study '{study.study_name}' ({task})")
+        space = single_task_space(record.space, task, f"single-task space of study '{study.study_name}' ({task})")
         name = baseline_study_name(study.study_name, task)
         baseline = open_study(name, storage, space, single, seed=sampler_seed)
-        budget = meta["budget"]
-        settings = TrialSettings(list(single.schema.tasks), budget["max_epochs"], budget["patience"], sampler_seed, accelerator)
+        settings = TrialSettings.from_budget(list(single.schema.tasks), record.budget, seed=sampler_seed, accelerator=accelerator)
         with reporter(baseline, trials) as progress:
-            run_search(baseline, space, single, settings, trials, progress)
+            run_search(baseline, space, single, settings, target=trials, reporter=progress)
         best = baseline.best_trial
-        runs = list(train_on_seeds(best.user_attrs["hparams"], single, settings, range(seeds)))
+        runs = list(train_on_seeds(best.user_attrs[HPARAMS], single, settings, range(seeds)))
         val_mean, val_std = summarize([r.val for r in runs])
         test_mean, test_std = summarize([r.test for r in runs])
         results[task] = {
-            "study": name, "trial": best.number, "hparams": best.user_attrs["hparams"], "seeds": seeds,
+            "study": name, "trial": best.number, "hparams": best.user_attrs[HPARAMS], "seeds": seeds,
             "val_mean": val_mean[task], "val_std": val_std[task], "test_mean": test_mean[task], "test_std": test_std[task],
         }  # fmt: skip
-        study.set_user_attr(BASELINES_KEY, results)
+        write_baselines(study, results)
     return results

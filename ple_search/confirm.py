@@ -19,15 +19,15 @@ from ple_search.data import Dataset
 from ple_search.errors import ConfigError, StorageError
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.pareto import finished_trials, hypervolume_contributions, nondominated_ranks, study_meta
+from ple_search.pareto import hypervolume_contributions, nondominated_ranks
+from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
 
-CONFIRMED_KEY = "confirmed"
 SEED_OFFSET = 10_000
 
 
 def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] = ()) -> list[FrozenTrial]:
     """Named finished trials, else the front or its ``top`` trials by hypervolume contribution."""
-    meta = study_meta(study)
+    record = StudyRecord.from_study(study)
     trials = finished_trials(study)
     if not trials:
         raise StorageError(f"study '{study.study_name}' has no finished trials to confirm")
@@ -37,12 +37,11 @@ def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] =
             if n not in by_number or by_number[n].state != TrialState.COMPLETE:
                 raise ConfigError(f"trial {n} of study '{study.study_name}' is not a finished trial")
         return [by_number[n] for n in numbers]
-    directions = [d.name.lower() for d in study.directions]
     values = np.array([t.values for t in trials])
-    front = [t for t, r in zip(trials, nondominated_ranks(values, directions)) if r == 0]
+    front = [t for t, r in zip(trials, nondominated_ranks(values, record.directions)) if r == 0]
     if top is None or top >= len(front):
         return front
-    contributions = hypervolume_contributions(np.array([t.values for t in front]), directions, meta["reference_point"])
+    contributions = hypervolume_contributions(np.array([t.values for t in front]), record.directions, record.reference_point)
     return [front[i] for i in np.argsort(-contributions, kind="stable")[:top]]
 
 
@@ -50,20 +49,19 @@ def run_confirm(
     study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, accelerator: str = "cpu"
 ) -> dict[str, Any]:
     """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
-    meta = study_meta(study)
-    directions = [d.name.lower() for d in study.directions]
-    tasks = [dataset.schema.tasks[dataset.schema.task_names.index(n)] for n in meta["objectives"]]
-    settings = TrialSettings(tasks, meta["budget"]["max_epochs"], meta["budget"]["patience"], accelerator=accelerator)
-    confirmed = dict(study.user_attrs.get(CONFIRMED_KEY, {}).get("trials", {}))
+    record = StudyRecord.from_study(study)
+    tasks = objective_tasks(dataset.schema, record.objectives)
+    settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator)
+    confirmed = dict(record.confirmed.get("trials", {}))
     for trial in trials:
-        runs = list(train_on_seeds(trial.user_attrs["hparams"], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
+        runs = list(train_on_seeds(trial.user_attrs[HPARAMS], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
         val_mean, val_std = summarize([r.val for r in runs])
         test_mean, test_std = summarize([r.test for r in runs])
         confirmed[str(trial.number)] = {"seeds": seeds, "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std}
     numbers = list(confirmed)
-    means = np.array([[confirmed[n]["val_mean"][t] for t in meta["objectives"]] for n in numbers])
-    for n, rank in zip(numbers, nondominated_ranks(means, directions)):
+    means = np.array([[confirmed[n]["val_mean"][t] for t in record.objectives] for n in numbers])
+    for n, rank in zip(numbers, nondominated_ranks(means, record.directions)):
         confirmed[n]["on_front"] = bool(rank == 0)
     result = {"seed_offset": SEED_OFFSET, "trials": confirmed}
-    study.set_user_attr(CONFIRMED_KEY, result)
+    write_confirmed(study, result)
     return result

@@ -25,7 +25,8 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search._version import __version__
 from ple_search.errors import ConfigError, StorageError
 from ple_search.files import atomic_write_text, read_yaml
-from ple_search.pareto import finished_trials, nondominated_ranks, study_meta
+from ple_search.pareto import nondominated_ranks
+from ple_search.record import BEST_EPOCH, HPARAMS, TEST, VAL, StudyRecord, finished_trials
 from ple_search.storage import mask_url
 
 CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
@@ -53,9 +54,9 @@ class Pick:
 
     def __init__(self, study: optuna.Study) -> None:
         self.study = study
-        self.meta = study_meta(study)
-        self.tasks: list[str] = self.meta["objectives"]
-        self.directions = [d.name.lower() for d in study.directions]
+        self.record = StudyRecord.from_study(study)
+        self.tasks: list[str] = self.record.objectives
+        self.directions = self.record.directions
         trials = finished_trials(study)
         if not trials:
             raise StorageError(f"study '{study.study_name}' has no finished trials to export")
@@ -91,7 +92,7 @@ class Pick:
         raise ConfigError(f"--pick {pick!r}: use knee, best:TASK or weights:TASK=W,...")
 
     def fusion_scores(self, weights: dict[str, float]) -> np.ndarray:
-        ref = np.array(self.meta["reference_point"])
+        ref = np.array(self.record.reference_point)
         best = (self.sign * self.values).max(axis=0) * self.sign
         span = np.where(best != ref, best - ref, 1.0)
         normalised = np.clip((self.values - ref) / span, 1e-6, 1.0)
@@ -110,22 +111,22 @@ class Pick:
 
 def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reason: str) -> dict[str, Any]:
     """The export: everything needed to retrain without the study."""
-    meta = study_meta(study)
+    record = StudyRecord.from_study(study)
     return {
         "ple_search_version": __version__,
-        "hparams": trial.user_attrs["hparams"],
-        "dataset": portable_dataset(meta["dataset"]),
-        "split": meta["split"],
-        "schema": meta["schema"],
-        "objectives": meta["objectives"],
-        "training": {"max_epochs": int(trial.user_attrs["best_epoch"]), "patience": int(meta["budget"]["patience"])},
+        "hparams": trial.user_attrs[HPARAMS],
+        "dataset": portable_dataset(record.dataset),
+        "split": record.split,
+        "schema": record.schema,
+        "objectives": record.objectives,
+        "training": {"max_epochs": int(trial.user_attrs[BEST_EPOCH]), "patience": int(record.budget["patience"])},
         "provenance": {
             "study": study.study_name,
             "storage": mask_url(storage_url),
             "trial": trial.number,
             "pick": reason,
-            "val": trial.user_attrs.get("val"),
-            "test": trial.user_attrs.get("test"),
+            "val": trial.user_attrs.get(VAL),
+            "test": trial.user_attrs.get(TEST),
             "package_version": __version__,
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },

@@ -12,7 +12,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import optuna
 import pytorch_lightning as pl
@@ -24,6 +24,7 @@ from ple_search.data.schema import Task
 from ple_search.errors import ConfigError, TrialFailed
 from ple_search.metrics import task_metrics
 from ple_search.module import PLEModule
+from ple_search.record import BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
 from ple_search.space import SearchSpace
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
@@ -98,6 +99,11 @@ class TrialSettings:
     patience: int
     seed: int = 0
     accelerator: str = "cpu"
+
+    @classmethod
+    def from_budget(cls, objectives: Sequence[Task], budget: Mapping[str, int], *, seed: int = 0, accelerator: str = "cpu") -> "TrialSettings":
+        """Settings from a stored or exported budget (``max_epochs``, ``patience``)."""
+        return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator)
 
 
 def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback]) -> pl.Trainer:
@@ -178,17 +184,17 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
 
     module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook, stop_check)
     best = recorder.curve[recorder.best_epoch]
-    trial.set_user_attr("hparams", module.config)
-    trial.set_user_attr("val_curve", recorder.curve)
-    trial.set_user_attr("val", best)
-    trial.set_user_attr("best_epoch", recorder.best_epoch + 1)
-    trial.set_user_attr("epochs_run", len(recorder.curve))
-    trial.set_user_attr("n_params", sum(p.numel() for p in module.parameters()))
-    trial.set_user_attr("train_seconds", round(seconds, 3))
+    trial.set_user_attr(HPARAMS, module.config)
+    trial.set_user_attr(VAL_CURVE, recorder.curve)
+    trial.set_user_attr(VAL, best)
+    trial.set_user_attr(BEST_EPOCH, recorder.best_epoch + 1)
+    trial.set_user_attr(EPOCHS_RUN, len(recorder.curve))
+    trial.set_user_attr(N_PARAMS, sum(p.numel() for p in module.parameters()))
+    trial.set_user_attr(TRAIN_SECONDS, round(seconds, 3))
     if recorder.pruned_at is not None:
-        trial.set_user_attr("pruned_at", recorder.pruned_at)
+        trial.set_user_attr(PRUNED_AT, recorder.pruned_at)
         raise optuna.TrialPruned(f"pruned by MO-ASHA after {recorder.pruned_at} epochs")
-    trial.set_user_attr("test", evaluate(module, dataset.test))
+    trial.set_user_attr(TEST, evaluate(module, dataset.test))
     values = [best[t.name] for t in settings.objectives]
     if any(math.isnan(v) for v in values):
         raise TrialFailed(f"undefined validation metric at the best epoch: {best}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -19,12 +20,61 @@ import time
 from typing import Callable, Sequence
 
 import optuna
+from optuna.trial import TrialState
 from rich.console import Console
 
 from ple_search.errors import Interrupted
-from ple_search.search import recover_worker_trials, worker_id
+from ple_search.record import FAIL_REASON, RETRY_OF, WORKER
 
 WorkerLine = Callable[[int, str], None]
+
+
+def worker_id(pid: int | None = None) -> str:
+    """How a trial records the process running it: ``host:pid``."""
+    return f"{socket.gethostname()}:{pid or os.getpid()}"
+
+
+def recover_worker_trials(study: optuna.Study, worker: str, reason: str) -> list[int]:
+    """Fail the RUNNING trials of a dead ``worker`` and enqueue each config once more (not a
+    retry of a retry). Optuna has no public call to fail another process's trial, hence the
+    storage API, as ``optuna.storages.fail_stale_trials`` uses it."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(WORKER) != worker:
+            continue
+        storage = study._storage
+        try:
+            storage.set_trial_user_attr(trial._trial_id, FAIL_REASON, reason)
+            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue
+        failed.append(trial.number)
+        if RETRY_OF not in trial.user_attrs:
+            study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
+    return failed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reclaim_stale_trials(study: optuna.Study) -> None:
+    """Fail (and retry once) trials whose worker is gone: by heartbeat on RDB storages, and on any
+    storage when the worker was a process of this machine that no longer exists."""
+    optuna.storages.fail_stale_trials(study)
+    host = socket.gethostname()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        owner = trial.user_attrs.get(WORKER, "")
+        name, _, pid = owner.rpartition(":")
+        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            recover_worker_trials(study, owner, f"worker {pid} is gone")
 
 
 def _die_with_parent() -> None:

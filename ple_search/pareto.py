@@ -1,21 +1,18 @@
-"""Pareto analysis of a finished or running study: ranks, hypervolume, the report and its plot."""
+"""Pareto math on objective vectors: non-dominated ranks, hypervolume and exclusive hypervolume
+contributions, for any mix of maximised and minimised objectives. No study, storage or plotting
+here: the pruner, ``confirm``, ``export`` and the reports all share these.
+
+The work is done by moocore (López-Ibáñez et al.), which ranks 10,000 points in milliseconds and
+computes hypervolumes with the dimension-sweep algorithms of Fonseca, Paquete and López-Ibáñez
+(2006) and Beume et al. (2009); 2-objective contributions in O(n log n).
+"""
 
 from __future__ import annotations
 
-import csv
-import io
-import json
-import math
-import warnings
-from typing import Any, Sequence
+from typing import Sequence
 
+import moocore
 import numpy as np
-import optuna
-from optuna.trial import FrozenTrial, TrialState
-
-from ple_search.errors import StorageError
-
-META_KEY = "ple_search"
 
 
 def losses(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
@@ -25,275 +22,29 @@ def losses(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
 
 
 def nondominated_ranks(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
-    """Pareto rank of each row (0 = non-dominated) by repeated non-dominated sorting.
-
-    One domination matrix (built in row blocks) and one peel per front, so a rung or study of a
-    few thousand trials is ranked in milliseconds rather than one Python comparison per pair."""
+    """Pareto rank of each row (0 = non-dominated, 1 = non-dominated once rank 0 is removed, ...);
+    equal rows share a rank."""
     points = losses(values, directions)
-    n = len(points)
-    dominators = np.zeros((n, n), dtype=bool)  # [i, j]: j dominates i
-    for start in range(0, n, 1024):
-        block = points[start : start + 1024, None, :]
-        dominators[start : start + 1024] = np.all(points[None] <= block, axis=2) & np.any(points[None] < block, axis=2)
-    remaining_dominators = dominators.sum(axis=1)
-    ranks = np.full(n, -1)
-    rank = 0
-    current = np.flatnonzero(remaining_dominators == 0)
-    while current.size:
-        ranks[current] = rank
-        remaining_dominators -= dominators[:, current].sum(axis=1)
-        remaining_dominators[current] = -1
-        current = np.flatnonzero(remaining_dominators == 0)
-        rank += 1
-    return ranks
+    if len(points) == 0:
+        return np.zeros(0, dtype=int)
+    return np.asarray(moocore.pareto_rank(points), dtype=int)
 
 
 def hypervolume(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> float:
     """Volume dominated by the points and bounded by ``reference`` (points beyond it count 0)."""
-    from optuna._hypervolume import compute_hypervolume  # exact WFG; Optuna has no public wrapper
-
     points = losses(values, directions)
     ref = losses(np.asarray([reference]), directions)[0]
     inside = points[np.all(points < ref, axis=1)] if len(points) else points
-    return float(compute_hypervolume(inside, ref)) if len(inside) else 0.0
+    return float(moocore.hypervolume(inside, ref=ref)) if len(inside) else 0.0
 
 
 def hypervolume_contributions(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> np.ndarray:
-    """How much hypervolume the front loses without each point."""
-    total = hypervolume(values, directions, reference)
-    return np.array([total - hypervolume(np.delete(values, i, axis=0), directions, reference) for i in range(len(values))])
-
-
-def study_meta(study: optuna.Study) -> dict[str, Any]:
-    """What ``ple-search run`` stored about the study (dataset, schema, space, objectives)."""
-    meta = study.user_attrs.get(META_KEY)
-    if meta is None:
-        raise StorageError(f"study '{study.study_name}' was not created by ple-search run")
-    return meta
-
-
-def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
-    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-
-
-def architecture(hp: dict[str, Any], num_tasks: int) -> str:
-    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``."""
-    p, s, levels = hp["experts_per_task"], hp["shared_experts"], hp["levels"]
-    if num_tasks == 1:
-        family = "Single"
-    elif p == 0 and s == 1:
-        family = "SharedBottom"
-    elif p == 0:
-        family = "MMoE"
-    elif levels == 1:
-        family = "CGC"
-    else:
-        family = "PLE"
-    widths = lambda w: "[" + ",".join(str(x) for x in w) + "]"  # noqa: E731
-    return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {hp['loss_weighting']}"
-
-
-def _row(trial: FrozenTrial, meta: dict[str, Any], rank: int | None, values: list[float], test: dict[str, Any], epochs_key: str) -> dict[str, Any]:
-    hp = trial.user_attrs.get("hparams", {})
-    names = meta["objectives"]
-    return {
-        "number": trial.number,
-        "rank": rank,
-        "pareto": rank == 0,
-        "values": dict(zip(names, values)),
-        "test": {k: test.get(k) for k in names},
-        "architecture": architecture(hp, len(meta["schema"]["tasks"])) if hp else "",
-        "n_params": trial.user_attrs.get("n_params"),
-        "train_seconds": trial.user_attrs.get("train_seconds"),
-        "epochs": trial.user_attrs.get(epochs_key),
-        "hparams": hp,
-    }
-
-
-def _add_transfer(rows: list[dict[str, Any]], baselines: dict[str, Any], directions: dict[str, str]) -> None:
-    """MTL gain per task (test split) and the transfer label of each row with test metrics."""
-    from ple_search.transfer import gains, transfer_label
-
-    single = {task: b["test_mean"] for task, b in baselines.items() if task in directions}
-    for row in rows:
-        if any(row["test"].get(t) is None for t in single):
-            continue
-        row["gain"] = gains(row["test"], single, directions)
-        row["transfer"] = transfer_label(list(row["gain"].values())) if len(single) == len(directions) else None
-
-
-def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False) -> dict[str, Any]:
-    """The stable JSON shape behind every output format (documented in the README). With
-    ``confirmed``, the rows are the confirmed trials with fresh-seed means (``values``, ``test``)
-    and standard deviations (``values_std``, ``test_std``), ranked on the validation means."""
-    meta = study_meta(study)
-    names = meta["objectives"]
-    directions = [d.name.lower() for d in study.directions]
-    trials = finished_trials(study)
-    if not trials:
-        raise StorageError(f"study '{study.study_name}' has no finished trials yet; run `ple-search run --study {study.study_name}` first")
-    values = np.array([t.values for t in trials])
-    ranks = nondominated_ranks(values, directions)
-    front = values[ranks == 0]
-    rows = []
-    if confirmed:
-        stored = study.user_attrs.get("confirmed", {}).get("trials", {})
-        if not stored:
-            raise StorageError(f"study '{study.study_name}' has no confirmed trials; run `ple-search confirm --study {study.study_name}`")
-        by_number = {t.number: t for t in trials}
-        for number, c in stored.items():
-            row = _row(by_number[int(number)], meta, 0 if c["on_front"] else 1, [c["val_mean"][n] for n in names], c["test_mean"], "best_epoch")
-            row.update(values_std=c["val_std"], test_std=c["test_std"], seeds=c["seeds"])
-            rows.append(row)
-    for trial, rank in zip(trials, ranks):
-        if confirmed or (rank and not include_all):
-            continue
-        rows.append(_row(trial, meta, int(rank), trial.values, trial.user_attrs.get("test", {}), "best_epoch"))
-    if include_all and not confirmed:
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
-            rungs = trial.user_attrs.get("rungs", {})
-            last = rungs[max(rungs, key=int)] if rungs else [math.nan] * len(names)
-            rows.append({**_row(trial, meta, None, last, {}, "epochs_run"), "pruned_at": trial.user_attrs.get("pruned_at")})
-    baselines = study.user_attrs.get("baselines")
-    if baselines:
-        _add_transfer(rows, baselines, dict(zip(names, directions)))
-    sign = -1.0 if directions[0] == "maximize" else 1.0
-    rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
-    states = [t.state for t in study.get_trials(deepcopy=False)]
-    on_front = [r for r in rows if r["rank"] == 0]
-    return {
-        "study": study.study_name,
-        "view": "confirmed" if confirmed else "search",
-        "objectives": [{"name": n, "metric": m, "direction": d} for n, m, d in zip(names, meta["metrics"], directions)],
-        "reference_point": meta["reference_point"],
-        "hypervolume": hypervolume(front, directions, meta["reference_point"]),
-        "counts": {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)},
-        "front_size": int((ranks == 0).sum()),
-        "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
-        "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
-        "trials": rows,
-    }
-
-
-def _fmt(value: Any, std: Any = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-"
-    if std is not None:
-        return f"{value:.4f}±{std:.4f}"
-    return f"{value:.4f}" if isinstance(value, float) else str(value)
-
-
-def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells shared by the table, markdown and CSV renderings."""
-    names = [o["name"] for o in data["objectives"]]
-    transfer = data.get("baselines") is not None
-    rank_name = "on front" if data.get("view") == "confirmed" else "rank"
-    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in names]]
-    header += [*[f"gain {n}" for n in names], "transfer"] if transfer else []
-    header += ["architecture", "params", "epochs", "train s"]
-    cells = []
-    for r in data["trials"]:
-        rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
-        row = [str(r["number"]), rank]
-        row += [_fmt(r["values"][n], (r.get("values_std") or {}).get(n)) for n in names]
-        row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in names]
-        if transfer:
-            row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in names] + [r.get("transfer") or "-"]
-        seconds = r["train_seconds"]
-        row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
-        cells.append(row)
-    return header, cells
-
-
-def summary_line(data: dict[str, Any]) -> str:
-    c = data["counts"]
-    line = (
-        f"study {data['study']}: {c['complete']} finished, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running; "
-        f"Pareto front {data['front_size']} trials; hypervolume {data['hypervolume']:.6f} "
-        f"(reference {data['reference_point']})"
-    )
-    if data.get("view") == "confirmed":
-        on_front = sum(r["rank"] == 0 for r in data["trials"])
-        line += f"; confirmed on fresh seeds: {on_front} of {len(data['trials'])} stay non-dominated"
-    if data.get("baselines") is None:
-        return line + f"; no single-task baselines yet (add them: ple-search baselines --study {data['study']})"
-    shown = sum(r["rank"] == 0 for r in data["trials"])
-    return line + f"; {data['beats_single_task']} of {shown} Pareto trials beat single-task on every task"
-
-
-def render(data: dict[str, Any], fmt: str) -> str:
-    """``json`` (the stable shape), ``csv`` or ``markdown``; ``table`` is rendered by the CLI with rich."""
-    if fmt == "json":
-        return json.dumps(data, indent=2, default=str)
-    header, cells = table_rows(data)
-    if fmt == "csv":
-        out = io.StringIO()
-        writer = csv.writer(out)
-        writer.writerow(header)
-        writer.writerows(cells)
-        return out.getvalue()
-    lines = [f"**{summary_line(data)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
-
-
-def plot(study: optuna.Study, path: str) -> None:
-    """PNG (matplotlib) or HTML (plotly). Two objectives: dominated, Pareto and pruned trials (at
-    their last rung's vector); more: Optuna's Pareto or parallel-coordinate plots."""
-    meta = study_meta(study)
-    names = meta["objectives"]
-    if path.endswith(".html"):
-        try:
-            figure = optuna.visualization.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
-        except ImportError:
-            raise StorageError("HTML plots need plotly: pip install 'ple-search[plot]'") from None
-        figure.write_html(path)
-        return
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if len(names) != 2:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            if len(names) == 3:
-                axes = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
-            else:
-                axes = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target=lambda t: t.values[0], target_name=names[0])
-        figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
-    else:
-        data = report(study, include_all=True)
-        figure, axes = plt.subplots(figsize=(8, 6))
-        groups = [
-            ("pruned (last rung)", [r for r in data["trials"] if r["rank"] is None], dict(marker="x", color="0.6")),
-            ("dominated", [r for r in data["trials"] if r["rank"]], dict(marker="o", color="tab:blue", alpha=0.7)),
-            ("Pareto front", [r for r in data["trials"] if r["rank"] == 0], dict(marker="o", color="tab:red", s=60)),
-        ]
-        for label, rows, style in groups:
-            if rows:
-                axes.scatter([r["values"][names[0]] for r in rows], [r["values"][names[1]] for r in rows], label=f"{label} ({len(rows)})", **style)
-        metrics = {o["name"]: o["metric"] for o in data["objectives"]}
-        axes.set_xlabel(f"validation {metrics[names[0]]} {names[0]}")
-        axes.set_ylabel(f"validation {metrics[names[1]]} {names[1]}")
-        axes.set_title(f"study {study.study_name}: hypervolume {data['hypervolume']:.5f}")
-        axes.legend()
-        axes.grid(alpha=0.3)
-    figure.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(figure)
-
-
-def front_summary(study: optuna.Study) -> dict[str, Any]:
-    """Front size, hypervolume and best value per objective of the finished trials."""
-    meta = study.user_attrs[META_KEY]
-    trials = finished_trials(study)
-    directions = [d.name.lower() for d in study.directions]
-    if not trials:
-        return {"front": 0, "hypervolume": 0.0, "best": {}}
-    values = np.array([t.values for t in trials])
-    front = values[nondominated_ranks(values, directions) == 0]
-    best = {
-        name: float(values[:, k].max() if d == "maximize" else values[:, k].min())
-        for k, (name, d) in enumerate(zip(meta["objectives"], directions))
-    }
-    return {"front": len(front), "hypervolume": hypervolume(front, directions, meta["reference_point"]), "best": best}
+    """How much hypervolume the set loses without each point (0 for dominated, duplicated or
+    beyond-reference points)."""
+    points = losses(values, directions)
+    ref = losses(np.asarray([reference]), directions)[0]
+    contributions = np.zeros(len(points))
+    inside = np.all(points < ref, axis=1) if len(points) else np.zeros(0, dtype=bool)
+    if inside.any():
+        contributions[inside] = moocore.hv_contributions(points[inside], ref=ref)
+    return contributions

@@ -83,7 +83,7 @@ def train(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     tasks = [t for t in dataset.schema.tasks if t.name in config.get("objectives", dataset.schema.task_names)]
     training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
-    settings = TrialSettings(tasks, training["max_epochs"], training["patience"], accelerator=accelerator)
+    settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
+import math
 import time
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ple_search.pareto import front_summary
-from ple_search.search import count_finished, eta_seconds
+from ple_search.record import FAIL_REASON, PRUNED_AT, TRAIN_SECONDS, count_finished
+from ple_search.report import front_summary
+
+class Reporter(Protocol):
+    """What the search loop tells its progress display."""
+
+    def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def trial_started(self, number: int) -> None: ...
+
+    def trial_done(self, study: optuna.Study) -> None: ...
+
+
+def eta_seconds(elapsed: float, done: int, remaining: int) -> float:
+    return math.nan if done == 0 else elapsed / done * remaining
 
 
 def _clock(seconds: float) -> str:
@@ -59,11 +73,11 @@ class LogReporter(_Base):
             return
         if trial.state == optuna.trial.TrialState.COMPLETE:
             values = " ".join(f"{k}={v:.4f}" for k, v in zip(self.summary["best"], trial.values))
-            outcome = f"{values} in {trial.user_attrs.get('train_seconds', 0):.1f}s"
+            outcome = f"{values} in {trial.user_attrs.get(TRAIN_SECONDS, 0):.1f}s"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            outcome = f"PRUNED after {trial.user_attrs.get('pruned_at')} epochs"
+            outcome = f"PRUNED after {trial.user_attrs.get(PRUNED_AT)} epochs"
         else:
-            outcome = f"{trial.state.name}: {trial.user_attrs.get('fail_reason', '')}"
+            outcome = f"{trial.state.name}: {trial.user_attrs.get(FAIL_REASON, '')}"
         self.console.print(
             f"trial {number}: {outcome} | {self.finished}/{self.target} finished, "
             f"front {self.summary['front']}, hypervolume {self.summary['hypervolume']:.5f}",

@@ -28,9 +28,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ple_search.errors import ConfigError
-from ple_search.pareto import META_KEY, hypervolume_contributions, losses, nondominated_ranks
+from ple_search.pareto import hypervolume_contributions, losses, nondominated_ranks
+from ple_search.record import RUNGS, StudyRecord
 
-RUNGS_KEY = "rungs"
 
 
 def crowding_distance(points: np.ndarray) -> np.ndarray:
@@ -130,18 +130,17 @@ class MOASHA:
         if not self.is_rung(epochs_done, max_epochs):
             return False
         study = trial.study
-        rungs = dict(trial.user_attrs.get(RUNGS_KEY, {}))
+        rungs = dict(trial.user_attrs.get(RUNGS, {}))
         rungs[str(epochs_done)] = [float(v) for v in vector]
-        trial.set_user_attr(RUNGS_KEY, rungs)
+        trial.set_user_attr(RUNGS, rungs)
         others = [
-            t.user_attrs[RUNGS_KEY][str(epochs_done)]
+            t.user_attrs[RUNGS][str(epochs_done)]
             for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and str(epochs_done) in t.user_attrs.get(RUNGS_KEY, {})
+            if t.number != trial.number and str(epochs_done) in t.user_attrs.get(RUNGS, {})
             and t.state in (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
         ]  # fmt: skip
-        directions = [d.name.lower() for d in study.directions]
-        reference = study.user_attrs[META_KEY]["reference_point"]
-        return not self.keep(vector, np.array(others), directions, reference)
+        record = StudyRecord.from_study(study)
+        return not self.keep(vector, np.array(others), record.directions, record.reference_point)
 
 
 PRUNER_KEYS = ("type", "min_epochs", "eta", "tie_break")

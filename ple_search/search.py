@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import math
-import os
-import socket
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -16,23 +13,20 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search._version import __version__
 from ple_search.data import Dataset
 from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
-from ple_search.objective import EpochHook, TrialSettings, run_trial
-from ple_search.pareto import META_KEY
+from ple_search.objective import TrialSettings, run_trial
+from ple_search.parallel import reclaim_stale_trials, worker_id
+from ple_search.record import (
+    DUPLICATE_OF, FAIL_REASON, META_KEY, RETRY_OF, TRAIN_SECONDS, WORKER, count_finished, directions_of, objective_tasks,
+    write_meta,
+)  # fmt: skip
 from ple_search.space import SearchSpace
 from ple_search.storage import with_retry
 
+if TYPE_CHECKING:
+    from ple_search.progress import Reporter
+
 MAX_CONSECUTIVE_FAILURES = 10
 SURPLUS = "surplus: other workers reached the target first"
-
-
-class Reporter(Protocol):
-    """What the search loop tells its progress display."""
-
-    epoch: EpochHook
-
-    def trial_started(self, number: int) -> None: ...
-
-    def trial_done(self, study: optuna.Study) -> None: ...
 
 
 def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
@@ -51,11 +45,11 @@ def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
 
 
 def objectives_of(space: SearchSpace, dataset: Dataset) -> list:
-    names = space.objectives or dataset.schema.task_names
-    unknown = [n for n in names if n not in dataset.schema.task_names]
-    if unknown:
-        raise PLESearchError(f"{space.path}: objective '{unknown[0]}' is not a task of the dataset; tasks: {dataset.schema.task_names}")
-    return [dataset.schema.tasks[dataset.schema.task_names.index(n)] for n in names]
+    """The tasks the space optimises (default: every task of the dataset)."""
+    try:
+        return objective_tasks(dataset.schema, space.objectives or dataset.schema.task_names, space.path)
+    except StorageError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def open_study(
@@ -89,7 +83,7 @@ def open_study(
     except optuna.exceptions.DuplicatedStudyError:
         study = optuna.load_study(study_name=name, storage=storage)
         created = False
-    stored = [d.name.lower() for d in study.directions]
+    stored = directions_of(study)
     meta = study.user_attrs.get(META_KEY)
     if stored != directions or (meta and meta["objectives"] != [t.name for t in tasks]):
         raise StorageError(
@@ -102,7 +96,7 @@ def open_study(
     study.sampler = space.make_sampler(sampler, stream)
     if meta is None:
         study.set_metric_names([t.name for t in tasks])
-        study.set_user_attr(META_KEY, {
+        write_meta(study, {
             "version": __version__,
             "dataset": space.dataset,
             "split": dataset.info.get("split"),
@@ -171,7 +165,7 @@ def _check_same_search(
     if notify is not None:
         notify(f"study '{name}': continuing with a changed space: {'; '.join(changes)}")
     history = [*meta.get("space_changes", []), {"changes": changes, "space_file": space.path}]
-    study.set_user_attr(META_KEY, {**meta, "space": space.raw, "space_file": space.path, "space_changes": history})
+    write_meta(study, {**meta, "space": space.raw, "space_file": space.path, "space_changes": history})
 
 
 def load_run_space(study: str, storage: optuna.storages.BaseStorage, path: str | Path | None) -> SearchSpace:
@@ -191,6 +185,28 @@ def load_run_space(study: str, storage: optuna.storages.BaseStorage, path: str |
     return parse_space(stored["space"], f"stored space of study '{study}'")
 
 
+def load_space_dataset(space: SearchSpace, data_dir: str | None = None) -> Dataset:
+    """The dataset a space names; ``data_dir`` (census files) is recorded in the space's options."""
+    from ple_search.data import load_described
+
+    dataset = load_described(space.dataset, data_dir)
+    if data_dir is not None:
+        space.dataset["options"] = {**space.dataset["options"], "data_dir": data_dir}
+    return dataset
+
+
+def load_study_and_data(name: str, storage_url: str, data_dir: str | None = None) -> tuple[optuna.storages.BaseStorage, optuna.Study, Dataset]:
+    """A stored study and its dataset, re-described from what ``run`` recorded (for ``baselines``
+    and ``confirm``); ``data_dir`` overrides where the census files are."""
+    from ple_search.data import load_described
+    from ple_search.record import StudyRecord
+    from ple_search.storage import load_study, open_storage
+
+    storage = open_storage(storage_url)
+    study = load_study(name, storage)
+    return storage, study, load_described(StudyRecord.from_study(study).dataset, data_dir)
+
+
 def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
     """The earliest COMPLETE trial with exactly ``trial``'s params, if any."""
     params = trial.params
@@ -203,63 +219,11 @@ def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | No
 def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
     """Record ``twin``'s result as ``trial``'s instead of training the same config again."""
     for key, value in twin.user_attrs.items():
-        if key not in ("worker", "retry_of", "duplicate_of"):
+        if key not in (WORKER, RETRY_OF, DUPLICATE_OF):
             trial.set_user_attr(key, value)
-    trial.set_user_attr("duplicate_of", twin.number)
-    trial.set_user_attr("train_seconds", 0.0)
+    trial.set_user_attr(DUPLICATE_OF, twin.number)
+    trial.set_user_attr(TRAIN_SECONDS, 0.0)
     return list(twin.values)
-
-
-def count_finished(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
-
-
-def worker_id(pid: int | None = None) -> str:
-    """How a trial records the process running it: ``host:pid``."""
-    return f"{socket.gethostname()}:{pid or os.getpid()}"
-
-
-def recover_worker_trials(study: optuna.Study, worker: str, reason: str) -> list[int]:
-    """Fail the RUNNING trials of a dead ``worker`` and enqueue each config once more (not a
-    retry of a retry). Optuna has no public call to fail another process's trial, hence the
-    storage API, as ``optuna.storages.fail_stale_trials`` uses it."""
-    failed = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if trial.user_attrs.get("worker") != worker:
-            continue
-        storage = study._storage
-        try:
-            storage.set_trial_user_attr(trial._trial_id, "fail_reason", reason)
-            if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue
-        failed.append(trial.number)
-        if "retry_of" not in trial.user_attrs:
-            study.enqueue_trial(trial.params, user_attrs={"retry_of": trial.number})
-    return failed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def reclaim_stale_trials(study: optuna.Study) -> None:
-    """Fail (and retry once) trials whose worker is gone: by heartbeat on RDB storages, and on any
-    storage when the worker was a process of this machine that no longer exists."""
-    optuna.storages.fail_stale_trials(study)
-    host = socket.gethostname()
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        owner = trial.user_attrs.get("worker", "")
-        name, _, pid = owner.rpartition(":")
-        if name == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            recover_worker_trials(study, owner, f"worker {pid} is gone")
 
 
 def run_search(
@@ -267,82 +231,113 @@ def run_search(
     space: SearchSpace,
     dataset: Dataset,
     settings: TrialSettings,
+    *,
     target: int,
     reporter: Reporter,
     timeout: float | None = None,
     storage_url: str = "",
     storage_retry: float = 300.0,
 ) -> int:
-    """Run trials until ``target`` finished trials exist (a rerun continues, it does not add more;
-    several workers share the target) or ``timeout`` seconds pass. A failing trial is recorded as
-    FAIL with its reason and the search goes on; Ctrl-C marks the running trial FAIL and raises
-    ``KeyboardInterrupt``. Trials run through ``study.optimize`` so RDB storages get heartbeats,
-    stale trials of dead workers are failed and retried once. Returns the finished count."""
-    start = time.monotonic()
-    failures = 0
-    current: dict[str, Any] = {}
+    """Run trials until the study holds ``target`` finished (COMPLETE or PRUNED) trials, or
+    ``timeout`` seconds pass; returns the finished count. The loop; one trial is ``TrialRun``.
 
-    def objective(trial: optuna.Trial) -> list[float]:
-        current["number"] = trial.number
-        trial.set_user_attr("worker", worker_id())
-        if surplus(trial.number):
-            trial.set_user_attr("fail_reason", SURPLUS)
-            raise TrialFailed(SURPLUS)
-        reporter.trial_started(trial.number)
-        try:
-            space.sample(trial)  # suggestions are cached: run_trial gets the same values
-            twin = completed_twin(study, trial)
-            if twin is not None:
-                return reuse_twin(trial, twin)
-            return run_trial(trial, space, dataset, settings, hook=reporter.epoch)
-        except Interrupted:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise KeyboardInterrupt from None  # Optuna marks the trial FAIL, then re-raises
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
-        except (optuna.TrialPruned, StorageError):
-            raise
-        except Exception as exc:  # any failing trial is recorded; the study goes on
-            reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
-            trial.set_user_attr("fail_reason", reason[:2000])
-            raise TrialFailed(reason) from None
+    A rerun continues to the target rather than adding more, and several workers share it. A
+    failing trial is recorded FAIL with its reason and the search goes on (ten in a row stop it);
+    Ctrl-C marks the running trial FAIL and raises ``KeyboardInterrupt``. Trials run through
+    ``study.optimize`` so RDB storages get heartbeats; trials of dead workers are failed and
+    retried once (``parallel.reclaim_stale_trials``).
 
-    def surplus(number: int) -> bool:
-        """Workers that started trials at the same moment can overshoot the target: the trial
-        with the higher number yields (the check and ``ask`` are not atomic across processes)."""
-        trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        ahead = sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
-        return ahead >= target
+    Args:
+        study, space, dataset, settings: the study as ``open_study`` returned it, its search space,
+            the data and what every trial shares (objectives, budget, seed, accelerator).
+        target: finished trials the study must hold (``--trials``).
+        reporter: the progress display (``progress.Reporter``).
+        timeout: stop starting trials after this many seconds.
+        storage_url, storage_retry: for the messages and the retry budget of loop-level storage
+            calls on an unreachable storage (RDB calls retry on their own; see ``storage``).
+    """
 
-    def finished() -> int:
-        return with_retry(lambda: count_finished(study), storage_retry, "counting finished trials", storage_url)
+    def retrying(action: Callable[[], Any], what: str) -> Any:
+        return with_retry(action, storage_retry, what, storage_url)
 
-    def running() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
+    one = TrialRun(study, space, dataset, settings, target, reporter)
+    start, failures = time.monotonic(), 0
     # Trials left RUNNING by an earlier run that died (no parent, no heartbeat) are reclaimed first.
-    with_retry(lambda: reclaim_stale_trials(study), storage_retry, "reclaiming stale trials", storage_url)
-    while (done := finished()) < target:
+    retrying(lambda: reclaim_stale_trials(study), "reclaiming stale trials")
+    while (done := retrying(lambda: count_finished(study), "counting finished trials")) < target:
         if timeout is not None and time.monotonic() - start > timeout:
             break
-        if done + with_retry(running, storage_retry, "counting running trials", storage_url) >= target:
+        if done + retrying(lambda: count_running(study), "counting running trials") >= target:
             # Other workers' trials may reach the target: wait for them, reclaiming dead ones.
-            with_retry(lambda: reclaim_stale_trials(study), storage_retry, "reclaiming stale trials", storage_url)
+            retrying(lambda: reclaim_stale_trials(study), "reclaiming stale trials")
             time.sleep(1.0)
             continue
-        current.clear()
-        with_retry(lambda: study.optimize(objective, n_trials=1, catch=(TrialFailed,)), storage_retry, "running a trial", storage_url)
-        trial = study.get_trials(deepcopy=False)[current["number"]] if current else None
-        if trial is not None and trial.state == TrialState.FAIL and trial.user_attrs.get("fail_reason") != SURPLUS:
-            failures += 1
-            if failures >= MAX_CONSECUTIVE_FAILURES:
-                raise PLESearchError(f"{failures} trials in a row failed; the last one: {trial.user_attrs.get('fail_reason')}")
-        else:
-            failures = 0
+        trial = retrying(one.run, "running a trial")
+        failed = trial is not None and trial.state == TrialState.FAIL and trial.user_attrs.get(FAIL_REASON) != SURPLUS
+        failures = failures + 1 if failed else 0
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            raise PLESearchError(f"{failures} trials in a row failed; the last one: {trial.user_attrs.get(FAIL_REASON)}")
         reporter.trial_done(study)
-    return finished()
+    return retrying(lambda: count_finished(study), "counting finished trials")
 
 
-def eta_seconds(elapsed: float, done: int, remaining: int) -> float:
-    return math.nan if done == 0 else elapsed / done * remaining
+def count_running(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+
+
+class TrialRun:
+    """One trial of a search, as Optuna's ``_run_trial`` is to its ``_optimize`` loop: claim a
+    place under the target, sample, reuse a twin's result or train, and turn whatever the trial
+    raised into its state and reason (``_outcome``, the one place that does)."""
+
+    def __init__(self, study: optuna.Study, space: SearchSpace, dataset: Dataset, settings: TrialSettings, target: int, reporter: Reporter) -> None:
+        self.study, self.space, self.dataset, self.settings = study, space, dataset, settings
+        self.target, self.reporter = target, reporter
+        self.number: int | None = None
+
+    def run(self) -> FrozenTrial | None:
+        """Run one trial through ``study.optimize`` (heartbeats, stale-trial handling); the
+        trial as stored afterwards."""
+        self.number = None
+        self.study.optimize(self, n_trials=1, catch=(TrialFailed,))
+        return None if self.number is None else self.study.get_trials(deepcopy=False)[self.number]
+
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        self.number = trial.number
+        trial.set_user_attr(WORKER, worker_id())
+        if self.surplus(trial.number):
+            trial.set_user_attr(FAIL_REASON, SURPLUS)
+            raise TrialFailed(SURPLUS)
+        self.reporter.trial_started(trial.number)
+        try:
+            self.space.sample(trial)  # suggestions are cached: run_trial gets the same values
+            twin = completed_twin(self.study, trial)
+            if twin is not None:
+                return reuse_twin(trial, twin)
+            return run_trial(trial, self.space, self.dataset, self.settings, hook=self.reporter.epoch)
+        except BaseException as exc:  # noqa: BLE001 - classified, recorded and re-raised below
+            raise _outcome(trial, exc) from None
+
+    def surplus(self, number: int) -> bool:
+        """Workers that started trials at the same moment can overshoot the target: the trial
+        with the higher number yields (the check and ``ask`` are not atomic across processes)."""
+        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
+        ahead = sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
+        return ahead >= self.target
+
+
+def _outcome(trial: optuna.Trial, exc: BaseException) -> BaseException:
+    """What a trial's exception means, recorded on the trial; returns what to raise to Optuna:
+    pruned stays pruned; Ctrl-C/SIGTERM becomes ``KeyboardInterrupt`` (Optuna marks the trial
+    FAIL and re-raises it); a storage failure propagates; anything else is a ``TrialFailed``
+    with its reason (Optuna marks it FAIL and the search goes on)."""
+    if isinstance(exc, (optuna.TrialPruned, StorageError)):
+        return exc
+    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
+        trial.set_user_attr(FAIL_REASON, "interrupted")
+        return exc if isinstance(exc, KeyboardInterrupt) else KeyboardInterrupt()
+    if not isinstance(exc, Exception):
+        return exc  # SystemExit and the like: not the trial's doing
+    reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
+    trial.set_user_attr(FAIL_REASON, reason[:2000])
+    return TrialFailed(reason)

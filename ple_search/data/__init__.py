@@ -5,17 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ple_search.data.batches import PLEDataModule, TensorBatches
-from ple_search.data.dataset import Dataset, Split
 from ple_search.data.schema import Schema, Task
 from ple_search.errors import DataError
+
+# Tensors and Lightning load on first use (PEP 562): the schema alone stays free of torch, for the
+# commands that only read studies.
+_LAZY = {"Dataset": "dataset", "Split": "dataset", "PLEDataModule": "batches", "TensorBatches": "batches"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(f"ple_search.data.{_LAZY[name]}"), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ple_search.data' has no attribute {name!r}")
 
 __all__ = ["load", "load_described", "Dataset", "Split", "Schema", "Task", "PLEDataModule", "TensorBatches", "SOURCES"]
 
 SOURCES = ("census", "synthetic")
 
 
-def load(source: str, **options: Any) -> Dataset:
+def load(source: str, **options: Any) -> "Dataset":
     """Load a dataset: ``census`` (options: tasks, data_dir, min_count, download, use_cache),
     ``synthetic`` (n, d, p, c, m, seed, fractions) or the path of a YAML dataset spec."""
     if source == "census":
@@ -35,7 +47,7 @@ def load(source: str, **options: Any) -> Dataset:
     return _call(loader, source, **options)
 
 
-def _call(loader: Any, source: str, *args: Any, **options: Any) -> Dataset:
+def _call(loader: Any, source: str, *args: Any, **options: Any) -> "Dataset":
     import inspect
 
     allowed = [p for p in inspect.signature(loader).parameters if p != "spec_path"]
@@ -45,7 +57,7 @@ def _call(loader: Any, source: str, *args: Any, **options: Any) -> Dataset:
     return loader(*args, **options)
 
 
-def load_described(described: dict[str, Any], data_dir: str | None = None) -> Dataset:
+def load_described(described: dict[str, Any], data_dir: str | None = None) -> "Dataset":
     """Load the dataset a search space or exported config describes (``{name, options}``);
     ``data_dir`` overrides where the census files are."""
     options = dict(described.get("options") or {})

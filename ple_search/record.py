@@ -1,0 +1,130 @@
+"""The study record: every key ple-search writes to an Optuna study or trial, and a typed view of
+what a study holds. Every reader and writer goes through here, so each key has one spelling and
+one owner, and any storage (journal, SQLite, PostgreSQL) read from any process sees the same.
+
+Study user attributes:
+
+* ``ple_search`` (``META_KEY``), written once by ``run`` when it creates the study: the dataset and
+  its split, the schema, the space (and ``space_changes`` after ``--allow-space-change``), the
+  objectives with their metrics, the hypervolume reference point and the per-trial budget.
+* ``baselines`` (``BASELINES_KEY``), by ``baselines``: per task, the single-task study and trial,
+  its hparams and the fresh-seed means and stds.
+* ``confirmed`` (``CONFIRMED_KEY``), by ``confirm``: per trial, fresh-seed means and stds and
+  whether it stays on the front.
+
+Trial user attributes: the names in ``TRIAL_KEYS`` below, written by the training engine
+(``objective.run_trial``), the search loop (``search``) and the pruner (``pruning``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ple_search.data.schema import Schema, Task
+from ple_search.errors import StorageError
+
+META_KEY = "ple_search"
+BASELINES_KEY = "baselines"
+CONFIRMED_KEY = "confirmed"
+
+# Trial user attributes.
+HPARAMS = "hparams"  # the full resolved hyperparameter dict
+VAL_CURVE = "val_curve"  # per-epoch validation metrics
+VAL = "val"  # validation metrics of the best epoch (the trial's values)
+TEST = "test"  # test metrics of that epoch (reported, never selected on)
+BEST_EPOCH = "best_epoch"  # 1-based
+EPOCHS_RUN = "epochs_run"
+N_PARAMS = "n_params"
+TRAIN_SECONDS = "train_seconds"
+RUNGS = "rungs"  # MO-ASHA: {"epochs": [objective vector at the best epoch so far]}
+PRUNED_AT = "pruned_at"  # MO-ASHA: epochs run when pruned
+FAIL_REASON = "fail_reason"
+WORKER = "worker"  # "host:pid" of the process running the trial
+RETRY_OF = "retry_of"  # the failed trial whose config this one retries
+DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
+TRIAL_KEYS = (
+    HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
+    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF,
+)  # fmt: skip
+
+
+def directions_of(study: optuna.Study) -> list[str]:
+    """``["maximize", "minimize", ...]``, one per objective."""
+    return [d.name.lower() for d in study.directions]
+
+
+def finished_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The COMPLETE trials (the ones with objective values)."""
+    return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+
+
+def count_finished(study: optuna.Study) -> int:
+    """COMPLETE and PRUNED trials: what counts toward a run's ``--trials`` target."""
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
+
+
+def objective_tasks(schema: Schema, names: Sequence[str], where: str = "the study") -> list[Task]:
+    """The schema's tasks named by ``names``, in that order (each must be a task)."""
+    unknown = [n for n in names if n not in schema.task_names]
+    if unknown:
+        raise StorageError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {schema.task_names}")
+    return [schema.tasks[schema.task_names.index(n)] for n in names]
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """What ``run`` stored about a study, plus what ``baselines`` and ``confirm`` added."""
+
+    name: str
+    directions: list[str]
+    objectives: list[str]
+    reference_point: list[float]
+    metrics: list[str] = field(default_factory=list)
+    schema: dict[str, Any] = field(default_factory=dict)
+    budget: dict[str, int] = field(default_factory=dict)
+    dataset: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None
+    space: dict[str, Any] = field(default_factory=dict)
+    space_file: str | None = None
+    baselines: dict[str, Any] = field(default_factory=dict)
+    confirmed: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the stored dict itself
+
+    @classmethod
+    def from_study(cls, study: optuna.Study) -> "StudyRecord":
+        meta = study.user_attrs.get(META_KEY)
+        if meta is None:
+            raise StorageError(f"study '{study.study_name}' was not created by ple-search run")
+        return cls(
+            name=study.study_name, directions=directions_of(study), objectives=list(meta["objectives"]),
+            reference_point=list(meta["reference_point"]), metrics=list(meta.get("metrics") or []),
+            schema=dict(meta.get("schema") or {"tasks": []}),
+            budget=dict(meta.get("budget") or {}), dataset=dict(meta.get("dataset") or {}), split=meta.get("split"),
+            space=dict(meta.get("space") or {}), space_file=meta.get("space_file"),
+            baselines=dict(study.user_attrs.get(BASELINES_KEY) or {}),
+            confirmed=dict(study.user_attrs.get(CONFIRMED_KEY) or {}), meta=dict(meta),
+        )  # fmt: skip
+
+    def tasks(self) -> list[Task]:
+        """The objectives as ``Task``s of the stored schema."""
+        return objective_tasks(Schema.from_dict(self.schema), self.objectives, f"study '{self.name}'")
+
+
+def is_ple_study(study: optuna.Study) -> bool:
+    return META_KEY in study.user_attrs
+
+
+def write_meta(study: optuna.Study, meta: Mapping[str, Any]) -> None:
+    study.set_user_attr(META_KEY, dict(meta))
+
+
+def write_baselines(study: optuna.Study, baselines: Mapping[str, Any]) -> None:
+    study.set_user_attr(BASELINES_KEY, dict(baselines))
+
+
+def write_confirmed(study: optuna.Study, confirmed: Mapping[str, Any]) -> None:
+    study.set_user_attr(CONFIRMED_KEY, dict(confirmed))

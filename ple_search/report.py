@@ -1,0 +1,261 @@
+"""Reports of a study: the stable JSON shape behind ``pareto``'s formats, its renderings (table
+cells, markdown, CSV), the summary line, the Pareto plot and the progress summary.
+
+The math (ranks, hypervolume) is ``pareto``; what is stored where is ``record``."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import warnings
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ple_search.errors import StorageError
+from ple_search.pareto import hypervolume, nondominated_ranks
+from ple_search.record import (
+    BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
+)  # fmt: skip
+
+
+def architecture(hp: dict[str, Any], num_tasks: int) -> str:
+    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``."""
+    p, s, levels = hp["experts_per_task"], hp["shared_experts"], hp["levels"]
+    if num_tasks == 1:
+        family = "Single"
+    elif p == 0 and s == 1:
+        family = "SharedBottom"
+    elif p == 0:
+        family = "MMoE"
+    elif levels == 1:
+        family = "CGC"
+    else:
+        family = "PLE"
+    widths = lambda w: "[" + ",".join(str(x) for x in w) + "]"  # noqa: E731
+    return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {hp['loss_weighting']}"
+
+
+def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list[float], test: dict[str, Any], epochs_key: str) -> dict[str, Any]:
+    hp = trial.user_attrs.get(HPARAMS, {})
+    names = record.objectives
+    return {
+        "number": trial.number,
+        "rank": rank,
+        "pareto": rank == 0,
+        "values": dict(zip(names, values)),
+        "test": {k: test.get(k) for k in names},
+        "architecture": architecture(hp, len(record.schema["tasks"])) if hp else "",
+        "n_params": trial.user_attrs.get(N_PARAMS),
+        "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
+        "epochs": trial.user_attrs.get(epochs_key),
+        "hparams": hp,
+    }
+
+
+def _add_transfer(rows: list[dict[str, Any]], baselines: dict[str, Any], directions: dict[str, str]) -> None:
+    """MTL gain per task (test split) and the transfer label of each row with test metrics."""
+    from ple_search.transfer import gains, transfer_label
+
+    single = {task: b["test_mean"] for task, b in baselines.items() if task in directions}
+    for row in rows:
+        if any(row["test"].get(t) is None for t in single):
+            continue
+        row["gain"] = gains(row["test"], single, directions)
+        row["transfer"] = transfer_label(list(row["gain"].values())) if len(single) == len(directions) else None
+
+
+def _search_rows(record: StudyRecord, trials: list[FrozenTrial], ranks: np.ndarray, include_all: bool) -> list[dict[str, Any]]:
+    """The search view: front trials (every finished trial with ``include_all``) at their best epoch."""
+    return [
+        _row(trial, record, int(rank), trial.values, trial.user_attrs.get(TEST, {}), BEST_EPOCH)
+        for trial, rank in zip(trials, ranks)
+        if include_all or not rank
+    ]
+
+
+def _pruned_rows(record: StudyRecord, study: optuna.Study) -> list[dict[str, Any]]:
+    """Pruned trials at their last rung's vector, rank ``None``."""
+    rows = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,)):
+        rungs = trial.user_attrs.get(RUNGS, {})
+        last = rungs[max(rungs, key=int)] if rungs else [math.nan] * len(record.objectives)
+        rows.append({**_row(trial, record, None, last, {}, EPOCHS_RUN), "pruned_at": trial.user_attrs.get(PRUNED_AT)})
+    return rows
+
+
+def _confirmed_rows(record: StudyRecord, study: optuna.Study, trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """The confirmed view: fresh-seed means and stds; rank 0 = stays on the front of the means."""
+    stored = record.confirmed.get("trials", {})
+    if not stored:
+        raise StorageError(f"study '{study.study_name}' has no confirmed trials; run `ple-search confirm --study {study.study_name}`")
+    by_number = {t.number: t for t in trials}
+    rows = []
+    for number, c in stored.items():
+        row = _row(by_number[int(number)], record, 0 if c["on_front"] else 1, [c["val_mean"][n] for n in record.objectives], c["test_mean"], BEST_EPOCH)
+        row.update(values_std=c["val_std"], test_std=c["test_std"], seeds=c["seeds"])
+        rows.append(row)
+    return rows
+
+
+def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False) -> dict[str, Any]:
+    """The stable JSON shape behind every output format (documented in the README). With
+    ``confirmed``, the rows are the confirmed trials with fresh-seed means (``values``, ``test``)
+    and standard deviations (``values_std``, ``test_std``), ranked on the validation means."""
+    record = StudyRecord.from_study(study)
+    names, directions = record.objectives, record.directions
+    trials = finished_trials(study)
+    if not trials:
+        raise StorageError(f"study '{study.study_name}' has no finished trials yet; run `ple-search run --study {study.study_name}` first")
+    values = np.array([t.values for t in trials])
+    ranks = nondominated_ranks(values, directions)
+    if confirmed:
+        rows = _confirmed_rows(record, study, trials)
+    else:
+        rows = _search_rows(record, trials, ranks, include_all) + (_pruned_rows(record, study) if include_all else [])
+    baselines = record.baselines
+    if baselines:
+        _add_transfer(rows, baselines, dict(zip(names, directions)))
+    sign = -1.0 if directions[0] == "maximize" else 1.0
+    rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    on_front = [r for r in rows if r["rank"] == 0]
+    return {
+        "study": study.study_name,
+        "view": "confirmed" if confirmed else "search",
+        "objectives": [{"name": n, "metric": m, "direction": d} for n, m, d in zip(names, record.metrics, directions)],
+        "reference_point": record.reference_point,
+        "hypervolume": hypervolume(values[ranks == 0], directions, record.reference_point),
+        "counts": {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)},
+        "front_size": int((ranks == 0).sum()),
+        "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
+        "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
+        "trials": rows,
+    }
+
+
+def _fmt(value: Any, std: Any = None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if std is not None:
+        return f"{value:.4f}±{std:.4f}"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and cells shared by the table, markdown and CSV renderings."""
+    names = [o["name"] for o in data["objectives"]]
+    transfer = data.get("baselines") is not None
+    rank_name = "on front" if data.get("view") == "confirmed" else "rank"
+    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in names]]
+    header += [*[f"gain {n}" for n in names], "transfer"] if transfer else []
+    header += ["architecture", "params", "epochs", "train s"]
+    cells = []
+    for r in data["trials"]:
+        rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
+        row = [str(r["number"]), rank]
+        row += [_fmt(r["values"][n], (r.get("values_std") or {}).get(n)) for n in names]
+        row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in names]
+        if transfer:
+            row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in names] + [r.get("transfer") or "-"]
+        seconds = r["train_seconds"]
+        row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
+        cells.append(row)
+    return header, cells
+
+
+def summary_line(data: dict[str, Any]) -> str:
+    c = data["counts"]
+    line = (
+        f"study {data['study']}: {c['complete']} finished, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running; "
+        f"Pareto front {data['front_size']} trials; hypervolume {data['hypervolume']:.6f} "
+        f"(reference {data['reference_point']})"
+    )
+    if data.get("view") == "confirmed":
+        on_front = sum(r["rank"] == 0 for r in data["trials"])
+        line += f"; confirmed on fresh seeds: {on_front} of {len(data['trials'])} stay non-dominated"
+    if data.get("baselines") is None:
+        return line + f"; no single-task baselines yet (add them: ple-search baselines --study {data['study']})"
+    shown = sum(r["rank"] == 0 for r in data["trials"])
+    return line + f"; {data['beats_single_task']} of {shown} Pareto trials beat single-task on every task"
+
+
+def render(data: dict[str, Any], fmt: str) -> str:
+    """``json`` (the stable shape), ``csv`` or ``markdown``; ``table`` is rendered by the CLI with rich."""
+    if fmt == "json":
+        return json.dumps(data, indent=2, default=str)
+    header, cells = table_rows(data)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(header)
+        writer.writerows(cells)
+        return out.getvalue()
+    lines = [f"**{summary_line(data)}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
+
+
+def plot(study: optuna.Study, path: str) -> None:
+    """PNG (matplotlib) or HTML (plotly). Two objectives: dominated, Pareto and pruned trials (at
+    their last rung's vector); more: Optuna's Pareto or parallel-coordinate plots."""
+    names = StudyRecord.from_study(study).objectives
+    if path.endswith(".html"):
+        try:
+            figure = optuna.visualization.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
+        except ImportError:
+            raise StorageError("HTML plots need plotly: pip install 'ple-search[plot]'") from None
+        figure.write_html(path)
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(names) != 2:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if len(names) == 3:
+                axes = optuna.visualization.matplotlib.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
+            else:
+                axes = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target=lambda t: t.values[0], target_name=names[0])
+        figure = axes.figure if hasattr(axes, "figure") else axes[0].figure
+    else:
+        data = report(study, include_all=True)
+        figure, axes = plt.subplots(figsize=(8, 6))
+        groups = [
+            ("pruned (last rung)", [r for r in data["trials"] if r["rank"] is None], dict(marker="x", color="0.6")),
+            ("dominated", [r for r in data["trials"] if r["rank"]], dict(marker="o", color="tab:blue", alpha=0.7)),
+            ("Pareto front", [r for r in data["trials"] if r["rank"] == 0], dict(marker="o", color="tab:red", s=60)),
+        ]
+        for label, rows, style in groups:
+            if rows:
+                axes.scatter([r["values"][names[0]] for r in rows], [r["values"][names[1]] for r in rows], label=f"{label} ({len(rows)})", **style)
+        metrics = {o["name"]: o["metric"] for o in data["objectives"]}
+        axes.set_xlabel(f"validation {metrics[names[0]]} {names[0]}")
+        axes.set_ylabel(f"validation {metrics[names[1]]} {names[1]}")
+        axes.set_title(f"study {study.study_name}: hypervolume {data['hypervolume']:.5f}")
+        axes.legend()
+        axes.grid(alpha=0.3)
+    figure.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def front_summary(study: optuna.Study) -> dict[str, Any]:
+    """Front size, hypervolume and best value per objective of the finished trials."""
+    record = StudyRecord.from_study(study)
+    trials = finished_trials(study)
+    directions = record.directions
+    if not trials:
+        return {"front": 0, "hypervolume": 0.0, "best": {}}
+    values = np.array([t.values for t in trials])
+    front = values[nondominated_ranks(values, directions) == 0]
+    best = {
+        name: float(values[:, k].max() if d == "maximize" else values[:, k].min())
+        for k, (name, d) in enumerate(zip(record.objectives, directions))
+    }
+    return {"front": len(front), "hypervolume": hypervolume(front, directions, record.reference_point), "best": best}
