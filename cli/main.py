@@ -336,7 +336,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             return on_epoch
 
-        metrics = train(config, dataset, out, args.seeds, args.max_epochs, args.accelerator, hook)
+        metrics = train(config, dataset, out, args.seeds, max_epochs=args.max_epochs, accelerator=args.accelerator, hook=hook)
     for task in metrics["mean"]["test"]:
         err.print(f"test {task}: {metrics['mean']['test'][task]:.4f} +- {metrics['std']['test'][task]:.4f} over {args.seeds} seeds")
     err.print(f"wrote {out} (best seed {metrics['best_seed']})")
@@ -360,7 +360,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from ple_search.progress import LogReporter
 
     storage, study, dataset = _study_and_data(args)
-    results = run_baselines(study, storage, dataset, args.trials, args.seeds, lambda s, n: LogReporter(s, n, err))
+    results = run_baselines(study, storage, dataset, args.trials, seeds=args.seeds, reporter=lambda s, n: LogReporter(s, n, err))
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
     err.print(f"stored in study {args.study}; `ple-search pareto --study {args.study}` now shows MTL gains")

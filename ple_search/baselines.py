@@ -45,6 +45,7 @@ def run_baselines(
     storage: optuna.storages.BaseStorage,
     dataset: Dataset,
     trials: int,
+    *,
     seeds: int,
     reporter: Callable[[optuna.Study, int], Reporter],
     sampler_seed: int = 0,

@@ -46,7 +46,7 @@ def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] =
 
 
 def run_confirm(
-    study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, accelerator: str = "cpu"
+    study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, *, accelerator: str = "cpu"
 ) -> dict[str, Any]:
     """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
     record = StudyRecord.from_study(study)

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ple_search._version import __version__
 from ple_search.errors import ConfigError, StorageError
+from ple_search.config import PLEConfig
 from ple_search.files import atomic_write_text, read_yaml
 from ple_search.pareto import nondominated_ranks
 from ple_search.record import BEST_EPOCH, HPARAMS, TEST, VAL, StudyRecord, finished_trials
@@ -156,12 +157,8 @@ def load_config(path: str | Path) -> dict[str, Any]:
     unknown = sorted(set(config) - CONFIG_KEYS)
     if missing or unknown:
         raise ConfigError(f"{path}: {'missing' if missing else 'unknown'} key '{(missing or unknown)[0]}'; a config has {sorted(CONFIG_KEYS)}")
-    from ple_search.hparams import model_hparams, resolve_hparams  # torch: only to load a config for training
-    from ple_search.model import PLE
-
     try:
-        config["hparams"] = resolve_hparams(config["hparams"])
-        PLE.from_hparams(4, max(len(config["schema"]["tasks"]), 1), model_hparams(config["hparams"]))
+        config["hparams"] = PLEConfig.from_dict(config["hparams"]).to_dict()
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     training = config["training"]

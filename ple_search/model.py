@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ple_search.errors import ConfigError
+from ple_search.config import ACTIVATIONS as ACTIVATION_NAMES
+from ple_search.config import PLEConfig, check_int
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,
@@ -27,6 +28,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "elu": nn.ELU,
     "leaky_relu": nn.LeakyReLU,
 }
+assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATIONS names the modules above"
 _HAS_INPLACE = {"relu", "silu", "elu", "leaky_relu"}
 
 
@@ -34,42 +36,6 @@ def make_activation(name: str, inplace: bool = False) -> nn.Module:
     """The activation module; in place where supported, for fresh matmul outputs only: large
     out-of-place results cost a new allocation (page faults) plus a full memory pass on CPU."""
     return ACTIVATIONS[name](inplace=True) if inplace and name in _HAS_INPLACE else ACTIVATIONS[name]()
-
-MODEL_KEYS = (
-    "levels",
-    "experts_per_task",
-    "shared_experts",
-    "expert_hidden",
-    "gate_hidden",
-    "tower_hidden",
-    "dropout",
-    "activation",
-)
-
-
-def _invalid(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"hyperparameter '{key}' = {value!r} is invalid: {allowed}")
-
-
-def check_int(key: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an int >= ``minimum`` or raise a ``ConfigError`` naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _invalid(key, value, f"must be an integer >= {minimum}")
-    return value
-
-
-def check_widths(key: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
-    """Return layer widths as a tuple of positive ints or raise a ``ConfigError`` naming ``key``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    if not isinstance(value, (list, tuple)):
-        raise _invalid(key, value, "must be a list of positive integers")
-    if not value and not allow_empty:
-        raise _invalid(key, value, "must be a non-empty list of positive integers")
-    for width in value:
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise _invalid(key, value, "every width must be a positive integer")
-    return tuple(value)
 
 
 def _uniform(shape: Sequence[int], fan_in: int) -> nn.Parameter:
@@ -256,37 +222,22 @@ class PLE(nn.Module):
     one output) sit on each task's output of the last level; outputs are raw (logits or values).
     """
 
-    def __init__(
-        self,
-        input_dim: int,
-        num_tasks: int,
-        levels: int = 2,
-        experts_per_task: int = 3,
-        shared_experts: int = 2,
-        expert_hidden: Sequence[int] = (16,),
-        gate_hidden: Sequence[int] = (),
-        tower_hidden: Sequence[int] = (8,),
-        dropout: float = 0.0,
-        activation: str = "relu",
-    ) -> None:
+    def __init__(self, input_dim: int, num_tasks: int, **hparams: Any) -> None:
+        """``hparams``: the model keys of ``PLEConfig`` (defaults and validation live there).
+
+        Args:
+            input_dim: width of the dense input (embeddings and numeric features).
+            num_tasks: K, the number of tasks (towers).
+            hparams: ``levels`` (N), ``experts_per_task`` (m_k), ``shared_experts`` (m_s),
+                ``expert_hidden``, ``gate_hidden``, ``tower_hidden``, ``dropout``, ``activation``.
+        """
         super().__init__()
         check_int("input_dim", input_dim, 1)
         check_int("num_tasks", num_tasks, 1)
-        check_int("levels", levels, 1)
-        check_int("experts_per_task", experts_per_task, 0)
-        check_int("shared_experts", shared_experts, 0)
-        if experts_per_task + shared_experts == 0:
-            raise ConfigError(
-                "hyperparameters 'experts_per_task' = 0 and 'shared_experts' = 0 are invalid: "
-                "at least one of them must be >= 1"
-            )
-        expert_hidden = check_widths("expert_hidden", expert_hidden, allow_empty=False)
-        gate_hidden = check_widths("gate_hidden", gate_hidden, allow_empty=True)
-        tower_hidden = check_widths("tower_hidden", tower_hidden, allow_empty=True)
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise _invalid("dropout", dropout, "must be a number in [0, 1)")
-        if activation not in ACTIVATIONS:
-            raise _invalid("activation", activation, f"must be one of {sorted(ACTIVATIONS)}")
+        config = PLEConfig.from_dict(hparams, allowed=PLEConfig.MODEL_KEYS)
+        levels, experts_per_task, shared_experts = config.levels, config.experts_per_task, config.shared_experts
+        expert_hidden, gate_hidden, tower_hidden = config.expert_hidden, config.gate_hidden, config.tower_hidden
+        activation, dropout = config.activation, config.dropout
         self.input_dim, self.num_tasks = input_dim, num_tasks
         self.shared_experts = shared_experts
         self.levels = nn.ModuleList(
@@ -311,11 +262,6 @@ class PLE(nn.Module):
     @classmethod
     def from_hparams(cls, input_dim: int, num_tasks: int, hparams: Mapping[str, Any]) -> "PLE":
         """Build from a hyperparameter dict; keys other than the model's are rejected."""
-        unknown = sorted(set(hparams) - set(MODEL_KEYS))
-        if unknown:
-            raise ConfigError(
-                f"unknown hyperparameter '{unknown[0]}': PLE takes {', '.join(MODEL_KEYS)}"
-            )
         return cls(input_dim, num_tasks, **dict(hparams))
 
     def last_shared_layer(self) -> tuple[nn.Parameter, slice] | None:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from ple_search._version import __version__
 from ple_search.data.schema import Schema
 from ple_search.errors import ConfigError, TrialFailed
-from ple_search.hparams import resolve_hparams, model_hparams
+from ple_search.config import PLEConfig
 from ple_search.metrics import task_metrics
 from ple_search.model import PLE
 from ple_search.weighting import make_weighting
@@ -42,18 +42,26 @@ class FeatureEncoder(nn.Module):
 
 class PLEModule(pl.LightningModule):
     """PLE plus embeddings, per-task losses over each task's own labelled samples, a loss-weighting
-    scheme, the optimiser, and per-task validation/test metrics logged as ``val/<task>/<metric>``."""
+    scheme, the optimiser, and per-task validation/test metrics logged as ``val/<task>/<metric>``.
+
+    Args:
+        schema: features, vocabulary sizes and tasks (a ``Schema`` or its dict); regression tasks
+            carry their label scaling (``Task.shift``, ``Task.scale``).
+        hparams: any keys of ``PLEConfig`` (defaults and validation there); stored resolved in
+            ``self.config`` and in checkpoints.
+    """
 
     def __init__(self, schema: Mapping[str, Any] | Schema, hparams: Mapping[str, Any] | None = None) -> None:
         super().__init__()
         schema = Schema.from_dict(schema)
-        resolved = resolve_hparams(hparams)
+        config = PLEConfig.from_dict(hparams)
+        resolved = config.to_dict()
         self.save_hyperparameters({"schema": schema.to_dict(), "hparams": resolved})
         self.schema = schema
         self.config = resolved
         self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"])
         input_dim = self.encoder.out_extra + len(schema.numeric)
-        self.model = PLE.from_hparams(input_dim, len(schema.tasks), model_hparams(resolved))
+        self.model = PLE(input_dim, len(schema.tasks), **config.model_kwargs())
         self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
         self.register_buffer("is_binary", torch.tensor([t.type == "binary" for t in schema.tasks]), persistent=False)
         self.register_buffer("label_shift", torch.tensor([t.shift for t in schema.tasks], dtype=torch.float32), persistent=False)

@@ -126,6 +126,7 @@ def train_config(
     dataset: Dataset,
     settings: TrialSettings,
     seed: int,
+    *,
     hook: EpochHook | None = None,
     stop_check: StopCheck | None = None,
 ) -> tuple[PLEModule, EpochRecorder, float]:
@@ -164,11 +165,12 @@ def train_on_seeds(
     dataset: Dataset,
     settings: TrialSettings,
     seeds: Sequence[int],
+    *,
     hook: Callable[[int], EpochHook] | None = None,
 ) -> Iterator[SeedRun]:
     """Train ``hparams`` once per seed, yielding each run with validation (best epoch) and test metrics."""
     for seed in seeds:
-        module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook(seed) if hook else None)
+        module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook=hook(seed) if hook else None)
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
 
 
@@ -182,7 +184,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
             return pruner.should_prune(trial, epochs_done, settings.max_epochs, [best[t.name] for t in settings.objectives])
 
-    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook, stop_check)
+    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check)
     best = recorder.curve[recorder.best_epoch]
     trial.set_user_attr(HPARAMS, module.config)
     trial.set_user_attr(VAL_CURVE, recorder.curve)

@@ -71,12 +71,23 @@ def train(
     dataset: Dataset,
     out_dir: Path,
     seeds: int = 3,
+    *,
     max_epochs: int | None = None,
     accelerator: str = "cpu",
     hook: Callable[[int], EpochHook] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` once per seed (early stopping on validation), evaluate on test and write
-    ``out_dir`` atomically. ``hook(seed)`` gives each seed's per-epoch callback."""
+    ``out_dir`` atomically; returns the metrics written to ``metrics.json``.
+
+    Args:
+        config: an exported config (``export.load_config``).
+        dataset: its data (``data.load_described(config["dataset"])``).
+        out_dir: the folder to create; it must not exist.
+        seeds: train on seeds 0..seeds-1; the best by validation score is exported.
+        max_epochs: overrides the config's epoch budget.
+        accelerator: Lightning's (``cpu``, ``gpu``, ``auto``).
+        hook: ``hook(seed)`` gives each seed's per-epoch callback.
+    """
     if out_dir.exists():
         raise ConfigError(f"output folder {out_dir} already exists; pass another --out")
     if seeds < 1:
@@ -88,7 +99,7 @@ def train(
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
         runs, best = {}, None
-        for run in train_on_seeds(config["hparams"], dataset, settings, range(seeds), hook):
+        for run in train_on_seeds(config["hparams"], dataset, settings, range(seeds), hook=hook):
             runs[run.seed] = {"val": run.val, "test": run.test, "best_epoch": run.recorder.best_epoch + 1, "train_seconds": round(run.seconds, 3)}
             (work / f"seed-{run.seed}").mkdir()
             run.module.trainer.save_checkpoint(work / f"seed-{run.seed}" / "best.ckpt")

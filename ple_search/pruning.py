@@ -105,7 +105,16 @@ def mo_order(
 
 @dataclass(frozen=True)
 class MOASHA:
-    """Rungs at ``min_epochs * eta**k`` epochs; the best ``1/eta`` of each rung continue."""
+    """Rungs at ``min_epochs * eta**k`` epochs; the best ``1/eta`` of each rung continue.
+
+    Args (symbols of Schmucker et al., 2021, "Multi-objective Asynchronous Successive Halving"):
+        min_epochs: r, the minimum resource: the first rung, in epochs.
+        eta: eta, the reduction factor: rungs grow by eta and the top 1/eta of a rung continue.
+        tie_break: how a front (one non-dominated rank) is ordered when the quota cuts through
+            it: ``hypervolume`` (exclusive contribution, as SMS-EMOA), ``crowding`` (NSGA-II, the
+            paper's first variant) or ``epsnet`` (the paper's epsilon-net).
+    The maximum resource R is the space's ``max_epochs``; no decision is taken there.
+    """
 
     min_epochs: int = 1
     eta: int = 3

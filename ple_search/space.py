@@ -28,8 +28,7 @@ import optuna
 
 from ple_search.errors import ConfigError
 from ple_search.files import read_yaml
-from ple_search.hparams import DEFAULTS, model_hparams, resolve_hparams
-from ple_search.model import PLE
+from ple_search.config import DEFAULTS, PLEConfig
 from ple_search.pruning import MOASHA, parse_pruner
 
 TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner"}
@@ -136,8 +135,7 @@ def _fail(path: str, key: str, problem: str) -> ConfigError:
 
 def _check_value(path: str, key: str, value: Any) -> None:
     try:
-        hp = resolve_hparams({key: value})
-        PLE.from_hparams(4, 2, model_hparams(hp))
+        PLEConfig.from_dict({key: value})
     except ConfigError as exc:
         raise _fail(path, key, str(exc)) from None
 
@@ -329,7 +327,7 @@ def _check_enqueued(space: SearchSpace, index: int, config: Any) -> None:
         if not inside:
             raise _fail(space.path, f"{key}.{name}", f"value {value!r} lies outside the searched range")
     try:
-        PLE.from_hparams(4, 2, model_hparams(resolve_hparams({**space.fixed, **config})))
+        PLEConfig.from_dict({**space.fixed, **config})
     except ConfigError as exc:
         raise _fail(space.path, key, str(exc)) from None
 

@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
+from ple_search.config import DEFAULTS
 from ple_search.errors import ConfigError
 from ple_search.model import PLE
 
@@ -126,7 +127,7 @@ class DynamicWeightAverage(LossWeighting):
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
-        self.temperature = float(hparams.get("dwa_temperature", 2.0))
+        self.temperature = float(hparams.get("dwa_temperature", DEFAULTS["dwa_temperature"]))
         self.register_buffer("_weights", torch.ones(self.num_tasks))
         self.register_buffer("history", torch.full((2, self.num_tasks), float("nan")))
 
@@ -154,7 +155,7 @@ class GradNorm(LossWeighting):
                 "hyperparameter 'loss_weighting' = 'gradnorm' needs 'shared_experts' >= 1: "
                 "GradNorm balances gradients on the last shared layer"
             )
-        self.alpha = float(hparams.get("gradnorm_alpha", 1.5))
+        self.alpha = float(hparams.get("gradnorm_alpha", DEFAULTS["gradnorm_alpha"]))
         self.task_weights = nn.Parameter(torch.ones(self.num_tasks))
         self.register_buffer("initial_losses", torch.full((self.num_tasks,), float("nan")))
 

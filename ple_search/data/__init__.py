@@ -28,8 +28,15 @@ SOURCES = ("census", "synthetic")
 
 
 def load(source: str, **options: Any) -> "Dataset":
-    """Load a dataset: ``census`` (options: tasks, data_dir, min_count, download, use_cache),
-    ``synthetic`` (n, d, p, c, m, seed, fractions) or the path of a YAML dataset spec."""
+    """Load a dataset: preprocessing fitted on train, every split as tensors, one schema.
+
+    Args:
+        source: ``census``, ``synthetic`` or the path of a YAML dataset spec (``table``).
+        options: the source's own: census ``tasks, data_dir, min_count, download, use_cache``;
+            synthetic (the MMoE paper's generator) ``n`` samples, ``d`` input dimension, ``p`` task
+            correlation, ``c`` scale, ``m`` number of sine components, ``seed``, ``fractions``;
+            a spec ``use_cache``. Unknown options are a ``DataError`` listing the allowed ones.
+    """
     if source == "census":
         from ple_search.data.census import load_census
 

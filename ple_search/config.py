@@ -1,0 +1,154 @@
+"""``PLEConfig``: every hyperparameter of ``PLEModule`` with its default, type and validation, in
+one place (as nanoGPT's ``GPTConfig``). ``PLE``, ``PLEModule``, search spaces and exported configs
+all read it; validating a config never builds a model. No torch here, so commands that only read
+studies or configs stay fast.
+
+The symbols of the PLE paper (Tang et al., RecSys 2020) where they exist: ``levels`` is N, the
+number of extraction layers; ``experts_per_task`` is m_k, the task-specific experts of each task
+per level; ``shared_experts`` is m_s; the gate of task k mixes its m_k experts and the m_s shared
+ones (g^k in the paper), and ``tower_hidden`` are the layers of tower t^k.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+from ple_search.errors import ConfigError
+
+ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
+OPTIMIZERS = ("adam", "adamw")
+WIDTH_KEYS = ("expert_hidden", "gate_hidden", "tower_hidden")
+
+
+def _invalid(key: str, value: Any, allowed: str) -> ConfigError:
+    return ConfigError(f"hyperparameter '{key}' = {value!r} is invalid: {allowed}")
+
+
+def check_int(key: str, value: Any, minimum: int) -> int:
+    """Return ``value`` as an int >= ``minimum`` or raise a ``ConfigError`` naming ``key``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise _invalid(key, value, f"must be an integer >= {minimum}")
+    return value
+
+
+def check_widths(key: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
+    """Return layer widths as a tuple of positive ints or raise a ``ConfigError`` naming ``key``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    if not isinstance(value, (list, tuple)):
+        raise _invalid(key, value, "must be a list of positive integers")
+    if not value and not allow_empty:
+        raise _invalid(key, value, "must be a non-empty list of positive integers")
+    for width in value:
+        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+            raise _invalid(key, value, "every width must be a positive integer")
+    return tuple(value)
+
+
+def _number(key: str, value: Any, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ConfigError(f"hyperparameter '{key}' = {value!r} is invalid: must be a number {'>= 0' if allow_zero else '> 0'}")
+    return float(value)
+
+
+@dataclass
+class PLEConfig:
+    """Every hyperparameter, its default and its meaning (the README's table is this)."""
+
+    # The model (PLE).
+    levels: int = 2  # N extraction levels; 1 = CGC
+    experts_per_task: int = 3  # m_k task-specific experts per task per level; 0 = MMoE
+    shared_experts: int = 2  # m_s shared experts per level
+    expert_hidden: tuple[int, ...] = (16,)  # expert MLP widths
+    gate_hidden: tuple[int, ...] = ()  # gate MLP widths before the softmax
+    tower_hidden: tuple[int, ...] = (8,)  # tower MLP widths before the output
+    dropout: float = 0.0
+    activation: str = "relu"
+    # The module around it (PLEModule).
+    embedding_dim: int = 4  # per categorical feature
+    loss_weighting: str = "equal"  # a name of weighting.SCHEMES
+    task_weights: Any = None  # fixed weights / scheduled w_k0 (number, list or {task: w})
+    schedule_gamma: float = 0.95  # scheduled: w_k(t) = w_k0 * gamma_k^t per epoch
+    dwa_temperature: float = 2.0  # DWA (Liu et al. 2019)
+    gradnorm_alpha: float = 1.5  # GradNorm (Chen et al. 2018)
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    optimizer: str = "adam"
+    batch_size: int = 1024
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = (
+        "levels", "experts_per_task", "shared_experts", "expert_hidden", "gate_hidden", "tower_hidden", "dropout", "activation",
+    )  # fmt: skip
+
+    @classmethod
+    def keys(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, hparams: Mapping[str, Any] | None = None, *, allowed: tuple[str, ...] | None = None) -> "PLEConfig":
+        """Defaults overridden by ``hparams``, validated; unknown keys (outside ``allowed``, by
+        default every field) are a ``ConfigError`` naming the first."""
+        hparams = dict(hparams or {})
+        keys = allowed or tuple(cls.keys())
+        unknown = sorted(set(hparams) - set(keys))
+        if unknown:
+            if allowed is cls.MODEL_KEYS:
+                raise ConfigError(f"unknown hyperparameter '{unknown[0]}': PLE takes {', '.join(keys)}")
+            raise ConfigError(f"unknown hyperparameter '{unknown[0]}': allowed keys are {', '.join(keys)}")
+        config = cls(**hparams)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Every key's type and range; the first problem is a ``ConfigError`` naming the key."""
+        for key in WIDTH_KEYS:
+            setattr(self, key, check_widths(key, getattr(self, key), allow_empty=key != "expert_hidden"))
+        check_int("embedding_dim", self.embedding_dim, 1)
+        check_int("batch_size", self.batch_size, 1)
+        for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True)):
+            setattr(self, key, _number(key, getattr(self, key), allow_zero=allow_zero))
+        if self.optimizer not in OPTIMIZERS:
+            raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
+        from ple_search.weighting import SCHEMES  # the registry is the list of names
+
+        if self.loss_weighting not in SCHEMES:
+            raise _invalid("loss_weighting", self.loss_weighting, f"must be one of {sorted(SCHEMES)}")
+        self.validate_model()
+
+    def validate_model(self) -> None:
+        """The model's keys alone (what ``PLE`` checks)."""
+        check_int("levels", self.levels, 1)
+        check_int("experts_per_task", self.experts_per_task, 0)
+        check_int("shared_experts", self.shared_experts, 0)
+        if self.experts_per_task + self.shared_experts == 0:
+            raise ConfigError(
+                "hyperparameters 'experts_per_task' = 0 and 'shared_experts' = 0 are invalid: at least one of them must be >= 1"
+            )
+        for key in WIDTH_KEYS:
+            setattr(self, key, check_widths(key, getattr(self, key), allow_empty=key != "expert_hidden"))
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise _invalid("dropout", self.dropout, "must be a number in [0, 1)")
+        if self.activation not in ACTIVATIONS:
+            raise _invalid("activation", self.activation, f"must be one of {sorted(ACTIVATIONS)}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The plain dict stored in trials, checkpoints and exports (widths as lists)."""
+        data = dataclasses.asdict(self)
+        for key in WIDTH_KEYS:
+            data[key] = list(data[key])
+        return data
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """The keys ``PLE`` takes."""
+        return {key: getattr(self, key) for key in self.MODEL_KEYS}
+
+
+DEFAULTS: dict[str, Any] = PLEConfig().to_dict()
+
+
+def resolve_hparams(hparams: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``hparams`` over the defaults, validated, as a plain dict (what trials store)."""
+    return PLEConfig.from_dict(hparams).to_dict()
