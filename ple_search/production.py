@@ -31,6 +31,7 @@ from ple_search.export import write_config
 from ple_search.files import fsync_path, fsync_tree
 from ple_search.module import PLEModule
 from ple_search.metrics import summarize
+from ple_search.record import objective_tasks
 from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
 
 METRICS, PREPROCESSOR, SCRIPTED, CONFIG = "metrics.json", "preprocessor.json", "model.pt", "config.yaml"
@@ -92,7 +93,7 @@ def train(
         raise ConfigError(f"output folder {out_dir} already exists; pass another --out")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    tasks = [t for t in dataset.schema.tasks if t.name in config.get("objectives", dataset.schema.task_names)]
+    tasks = objective_tasks(dataset.schema, config.get("objectives") or dataset.schema.task_names, "the config")
     training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
     settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
