@@ -218,7 +218,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
 
     reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
     with reporter:
-        errors, interrupted = run_workers(argv, args.jobs, threads, study, err, reporter.worker_line, reporter.tick)
+        errors, interrupted = run_workers(argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick)
     if interrupted:
         _print_resume(study, args, argv)
         return 0
@@ -259,22 +259,15 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def cmd_studies(args: argparse.Namespace) -> int:
-    import optuna
     from rich.table import Table
 
-    from ple_search.record import is_ple_study
-    from ple_search.report import front_summary
+    from ple_search.report import studies_overview
     from ple_search.storage import open_storage
 
-    storage = open_storage(args.storage)
     table = Table("study", "finished", "pruned", "failed", "running", "front", "hypervolume", title=f"studies in {mask_url(args.storage)}")
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        states = [t.state.name for t in study.get_trials(deepcopy=False)]
-        front = front_summary(study) if is_ple_study(study) else {"front": "-", "hypervolume": float("nan")}
+    for row in studies_overview(open_storage(args.storage)):
         table.add_row(
-            summary.study_name, *(str(states.count(s)) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING")),
-            str(front["front"]), f"{front['hypervolume']:.5f}",
+            row["study"], *(str(row[s]) for s in ("complete", "pruned", "fail", "running")), str(row["front"]), f"{row['hypervolume']:.5f}"
         )  # fmt: skip
     out.print(table)
     return 0
@@ -312,16 +305,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from ple_search.data import load_described
     from ple_search.export import load_config
     from ple_search.objective import quiet_libraries
-    from ple_search.production import train
+    from ple_search.production import load_config_dataset, train
 
     quiet_libraries()
     config = load_config(args.config)
-    dataset = load_described(config["dataset"], args.data_dir)
-    if args.data_dir is not None:
-        config["dataset"] = {**config["dataset"], "options": {**config["dataset"].get("options", {}), "data_dir": args.data_dir}}
+    dataset = load_config_dataset(config, args.data_dir)
     study = (config.get("provenance") or {}).get("study", "model")
     out = Path(args.out or Path("results") / study / f"train-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
     with Progress(console=err, transient=False) as progress:

@@ -174,7 +174,7 @@ def train_on_seeds(
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
 
 
-def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, hook: EpochHook | None = None) -> list[float]:
+def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, *, hook: EpochHook | None = None) -> list[float]:
     """Train the trial's config and store its curves, test metrics, size and time as user attributes."""
     hparams = space.sample(trial)
     stop_check = None

@@ -164,7 +164,9 @@ class Workers:
             time.sleep(0.5)
 
 
-def run_workers(argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, console: Console, on_line: WorkerLine, tick: Callable[[], None]) -> tuple[int, bool]:
+def run_workers(
+    argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine, tick: Callable[[], None]
+) -> tuple[int, bool]:
     """Run ``jobs`` workers to the end; returns (workers that failed, whether interrupted)."""
     workers = Workers([worker_command(argv, threads, i) for i in range(jobs)], on_line)
     workers.start()

@@ -37,6 +37,16 @@ from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
 METRICS, PREPROCESSOR, SCRIPTED, CONFIG = "metrics.json", "preprocessor.json", "model.pt", "config.yaml"
 
 
+def load_config_dataset(config: dict[str, Any], data_dir: str | None = None) -> Dataset:
+    """The dataset an exported config describes; ``data_dir`` (census files) is recorded in it."""
+    from ple_search.data import load_described
+
+    dataset = load_described(config["dataset"], data_dir)
+    if data_dir is not None:
+        config["dataset"] = {**config["dataset"], "options": {**config["dataset"].get("options", {}), "data_dir": data_dir}}
+    return dataset
+
+
 def build_module(config: Mapping[str, Any], schema: Schema | Mapping[str, Any] | None = None) -> PLEModule:
     """A fresh ``PLEModule`` for an exported config (its own schema unless one is given)."""
     return PLEModule(schema if schema is not None else config["schema"], config["hparams"])
@@ -145,7 +155,7 @@ def load_trained(out_dir: str | Path) -> tuple[PLEModule, Preprocessor]:
 
 
 @torch.no_grad()
-def predict(module: PLEModule, preprocessor: Preprocessor, frame: pd.DataFrame, weights: Mapping[str, float] | None = None, where: str = "input") -> pd.DataFrame:
+def predict(module: PLEModule, preprocessor: Preprocessor, frame: pd.DataFrame, weights: Mapping[str, float] | None = None, *, where: str = "input") -> pd.DataFrame:
     """One column per task (probability or value) for raw rows; with ``weights`` also the fused
     ranking score prod_k p_k^(w_k) over binary tasks."""
     cat, num = preprocessor.transform(frame, where)

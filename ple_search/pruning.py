@@ -87,6 +87,7 @@ def mo_order(
     directions: Sequence[str],
     tie_break: str,
     reference: Sequence[float] | None = None,
+    *,
     limit: int | None = None,
 ) -> np.ndarray:
     """Indices of ``values`` best first: by Pareto rank, then by ``tie_break`` within each front

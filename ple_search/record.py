@@ -67,6 +67,12 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def state_counts(study: optuna.Study) -> dict[str, int]:
+    """``{"complete": n, "pruned": n, "fail": n, "running": n}``."""
+    states = [t.state for t in study.get_trials(deepcopy=False)]
+    return {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
+
+
 def objective_tasks(schema: Schema, names: Sequence[str], where: str = "the study") -> list[Task]:
     """The schema's tasks named by ``names``, in that order (each must be a task)."""
     unknown = [n for n in names if n not in schema.task_names]

@@ -20,6 +20,7 @@ from ple_search.errors import StorageError
 from ple_search.pareto import hypervolume, nondominated_ranks
 from ple_search.record import (
     BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
+    is_ple_study, state_counts,
 )  # fmt: skip
 
 
@@ -122,7 +123,6 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         _add_transfer(rows, baselines, dict(zip(names, directions)))
     sign = -1.0 if directions[0] == "maximize" else 1.0
     rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
-    states = [t.state for t in study.get_trials(deepcopy=False)]
     on_front = [r for r in rows if r["rank"] == 0]
     return {
         "study": study.study_name,
@@ -130,7 +130,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         "objectives": [{"name": n, "metric": m, "direction": d} for n, m, d in zip(names, record.metrics, directions)],
         "reference_point": record.reference_point,
         "hypervolume": hypervolume(values[ranks == 0], directions, record.reference_point),
-        "counts": {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)},
+        "counts": state_counts(study),
         "front_size": int((ranks == 0).sum()),
         "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
         "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
@@ -259,3 +259,14 @@ def front_summary(study: optuna.Study) -> dict[str, Any]:
         for k, (name, d) in enumerate(zip(record.objectives, directions))
     }
     return {"front": len(front), "hypervolume": hypervolume(front, directions, record.reference_point), "best": best}
+
+
+def studies_overview(storage: optuna.storages.BaseStorage) -> list[dict[str, Any]]:
+    """One row per study of ``storage``: trial counts by state, front size and hypervolume
+    (``"-"`` and NaN for studies that ``ple-search run`` did not create)."""
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        front = front_summary(study) if is_ple_study(study) else {"front": "-", "hypervolume": float("nan")}
+        rows.append({"study": summary.study_name, **state_counts(study), "front": front["front"], "hypervolume": front["hypervolume"]})
+    return rows

@@ -73,6 +73,7 @@ def cached(
     files: Sequence[Path],
     settings: Mapping[str, Any],
     build: Callable[[], Dataset],
+    *,
     use_cache: bool = True,
 ) -> Dataset:
     """``build()`` once per key; later calls (any process) read the cache."""

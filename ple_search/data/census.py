@@ -124,6 +124,7 @@ def _split_frames(files: dict[str, Path], tasks: Sequence[str]) -> tuple[dict[st
 
 def load_census(
     tasks: Sequence[str] = ("income", "marital"),
+    *,
     data_dir: str | os.PathLike | None = None,
     min_count: int = 1,
     download: bool = True,
@@ -151,11 +152,11 @@ def load_census(
         labels = {name: _labels(f, tasks) for name, f in frames.items()}
         info = {"source": "census", "options": {"tasks": tasks, "data_dir": str(files[next(iter(files))].parent)}, "split": split}
         return from_frames(
-            frames, labels, CATEGORICAL, NUMERIC, [Task(t, "binary") for t in tasks],
+            frames, labels, CATEGORICAL, NUMERIC, tasks=[Task(t, "binary") for t in tasks],
             log1p=LOG1P, min_count=min_count, info=info, where=f"census ({', '.join(str(p) for p in files.values())})",
         )  # fmt: skip
 
-    return cache.cached("census", sorted(files.values()), settings, build, use_cache)
+    return cache.cached("census", sorted(files.values()), settings, build, use_cache=use_cache)
 
 
 def _missing_message(directory: Path) -> str:

@@ -104,15 +104,15 @@ def from_frames(
     labels: dict[str, np.ndarray],
     categorical: list[str],
     numeric: list[str],
-    tasks: list[Any],
     *,
+    tasks: list[Any],
     log1p: list[str] = (),
     min_count: int = 1,
     info: dict[str, Any] | None = None,
     where: str = "data",
 ) -> Dataset:
     """Fit preprocessing on ``frames["train"]``, transform every split and check the labels."""
-    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p, min_count, where)
+    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p=log1p, min_count=min_count, where=where)
     splits = {}
     for name in SPLITS:
         cat, num = pre.transform(frames[name], where)

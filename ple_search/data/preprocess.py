@@ -81,6 +81,7 @@ class Preprocessor:
         frame: pd.DataFrame,
         categorical: Sequence[str],
         numeric: Sequence[str],
+        *,
         log1p: Sequence[str] = (),
         min_count: int = 1,
         where: str = "data",

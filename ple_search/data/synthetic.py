@@ -17,7 +17,7 @@ from ple_search.data.schema import Task
 from ple_search.errors import DataError
 
 
-def generate(n: int, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def generate(n: int, *, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """``(x[n, d], y[n, 2])``, deterministic for a seed."""
     if not -1.0 <= p <= 1.0:
         raise DataError(f"synthetic: correlation p = {p} must lie in [-1, 1]")
@@ -35,11 +35,11 @@ def generate(n: int, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, 
 
 
 def load_synthetic(
-    n: int = 12_000, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, seed: int = 0,
+    n: int = 12_000, *, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
 ) -> Dataset:  # fmt: skip
     """Two regression tasks ``y1``, ``y2`` over ``d`` numeric features, split by ``fractions``."""
-    x, y = generate(n, d, p, c, m, seed)
+    x, y = generate(n, d=d, p=p, c=c, m=m, seed=seed)
     columns = [f"x{i}" for i in range(d)]
     order = np.random.default_rng(seed + 1).permutation(n)
     cuts = np.cumsum([int(round(f * n)) for f in fractions[:2]])
@@ -48,4 +48,4 @@ def load_synthetic(
     labels = {name: y[idx] for name, idx in parts.items()}
     options = {"n": n, "d": d, "p": p, "c": c, "m": m, "seed": seed}
     info = {"source": "synthetic", "options": options, "split": f"random {fractions} (seed {seed + 1})"}
-    return from_frames(frames, labels, [], columns, [Task("y1", "regression"), Task("y2", "regression")], info=info, where="synthetic")
+    return from_frames(frames, labels, [], columns, tasks=[Task("y1", "regression"), Task("y2", "regression")], info=info, where="synthetic")

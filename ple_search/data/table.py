@@ -211,11 +211,11 @@ def load_table(spec_path: str | Path, use_cache: bool = True) -> Dataset:
         info = {"source": "table", "options": {"spec": str(spec_path.resolve())}, "split": str(spec["split"])}
         return from_frames(
             frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
-            [Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
+            tasks=[Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
             min_count=int(spec.get("min_count") or 1), info=info, where=str(file),
         )  # fmt: skip
 
-    return cache.cached("table", [spec_path, file], settings, build, use_cache)
+    return cache.cached("table", [spec_path, file], settings, build, use_cache=use_cache)
 
 
 def _assign_splits(frame: pd.DataFrame, file: Path, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
