@@ -151,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
     predict.add_argument("--input", required=True, help="CSV or Parquet with the raw feature columns")
     predict.add_argument("--output", type=_output_file, help="CSV or Parquet to write (default: CSV on stdout)")
+    predict.add_argument("--engine", default="torchscript", choices=["torchscript", "onnx", "eager"], help="serving graph: model.pt, model.onnx, or the checkpoint eagerly")
     predict.add_argument("--weights", help="also a fused score prod_k p_k^w_k, e.g. income=0.7,marital=0.3")
     return parser
 
@@ -372,13 +373,14 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from ple_search.data.table import read_table
     from ple_search.export import parse_weights
-    from ple_search.production import load_trained, predict
+    from ple_search.production import load_engine, load_trained, predict
 
     module, preprocessor = load_trained(args.model)
+    run = load_engine(args.model, args.engine, module)
     source = Path(args.input)
     frame = read_table(source, "parquet" if source.suffix in (".parquet", ".pq") else "csv")
     weights = parse_weights(args.weights, module.schema.task_names) if args.weights else None
-    result = predict(module, preprocessor, frame, weights, where=str(source))
+    result = predict(module, preprocessor, frame, weights, where=str(source), run=run)
     if not args.output:
         sys.stdout.write(result.to_csv(index=False))
         return 0

@@ -24,7 +24,7 @@ from ple_search.data.schema import Task
 from ple_search.errors import ConfigError, TrialFailed
 from ple_search.metrics import task_metrics
 from ple_search.module import PLEModule
-from ple_search.record import BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
+from ple_search.record import COST, BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
 from ple_search.space import SearchSpace
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
@@ -129,6 +129,7 @@ def train_config(
     *,
     hook: EpochHook | None = None,
     stop_check: StopCheck | None = None,
+    on_built: Callable[[PLEModule], None] | None = None,
 ) -> tuple[PLEModule, EpochRecorder, float]:
     """Train one config to its best validation epoch; returns the module (best weights loaded),
     the recorder and the training seconds."""
@@ -137,6 +138,8 @@ def train_config(
         module = PLEModule(dataset.schema, hparams)
     except ConfigError as exc:
         raise TrialFailed(f"config cannot be built: {exc}") from None
+    if on_built is not None:  # e.g. serving cost, measured before any epoch is spent
+        on_built(module)
     recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
     data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
     start = time.perf_counter()
@@ -174,6 +177,14 @@ def train_on_seeds(
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
 
 
+def trial_costs(module: PLEModule, space: SearchSpace) -> dict[str, Any]:
+    """Params and FLOPs of every trial; latency too where the space has ``serving:``."""
+    from ple_search.cost import measure_costs
+
+    names = ("params", "flops", "latency") if space.serving is not None else ("params", "flops")
+    return measure_costs(module, space.serving, names)
+
+
 def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, *, hook: EpochHook | None = None) -> list[float]:
     """Train the trial's config and store its curves, test metrics, size and time as user attributes."""
     hparams = space.sample(trial)
@@ -184,7 +195,10 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
             return pruner.should_prune(trial, epochs_done, settings.max_epochs, [best[t.name] for t in settings.objectives])
 
-    module, recorder, seconds = train_config(hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check)
+    module, recorder, seconds = train_config(
+        hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check,
+        on_built=lambda module: trial.set_user_attr(COST, trial_costs(module, space)),
+    )  # fmt: skip
     best = recorder.curve[recorder.best_epoch]
     trial.set_user_attr(HPARAMS, module.config)
     trial.set_user_attr(VAL_CURVE, recorder.curve)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import pandas as pd
 import torch
-from torch import Tensor, nn
+
 
 from ple_search.data import Dataset
 from ple_search.data.preprocess import Preprocessor
@@ -32,9 +32,10 @@ from ple_search.files import fsync_path, fsync_tree
 from ple_search.module import PLEModule
 from ple_search.metrics import summarize
 from ple_search.record import objective_tasks
+from ple_search.serving import Engine, engine, export_onnx, onnx_available, torchscript
 from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
 
-METRICS, PREPROCESSOR, SCRIPTED, CONFIG = "metrics.json", "preprocessor.json", "model.pt", "config.yaml"
+METRICS, PREPROCESSOR, SCRIPTED, CONFIG, ONNX = "metrics.json", "preprocessor.json", "model.pt", "config.yaml", "model.onnx"
 
 
 def load_config_dataset(config: dict[str, Any], data_dir: str | None = None) -> Dataset:
@@ -50,31 +51,6 @@ def load_config_dataset(config: dict[str, Any], data_dir: str | None = None) -> 
 def build_module(config: Mapping[str, Any], schema: Schema | Mapping[str, Any] | None = None) -> PLEModule:
     """A fresh ``PLEModule`` for an exported config (its own schema unless one is given)."""
     return PLEModule(schema if schema is not None else config["schema"], config["hparams"])
-
-
-class ServingModel(nn.Module):
-    """What serving runs: categorical codes and numeric features in, probabilities (binary tasks)
-    or values (regression tasks) out."""
-
-    def __init__(self, module: PLEModule) -> None:
-        super().__init__()
-        self.encoder, self.model = module.encoder, module.model
-        self.register_buffer("is_binary", module.is_binary.clone())
-        self.register_buffer("label_shift", module.label_shift.clone())
-        self.register_buffer("label_scale", module.label_scale.clone())
-
-    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        out = self.model(self.encoder(cat, num)) * self.label_scale + self.label_shift
-        return torch.where(self.is_binary, torch.sigmoid(out), out)
-
-
-def torchscript(module: PLEModule, example: tuple[Tensor, Tensor]) -> torch.jit.ScriptModule:
-    """A traced ``ServingModel`` (TorchScript is what serving stacks load; torch marks it deprecated
-    in favour of ``torch.export``, which the serving side does not read yet)."""
-    module.eval()
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return torch.jit.trace(ServingModel(module).eval(), example, check_trace=False)
 
 
 def train(
@@ -118,6 +94,8 @@ def train(
                 best = run
         example = (dataset.test.cat[:2].to(best.module.device), dataset.test.num[:2].to(best.module.device))
         torchscript(best.module, example).save(str(work / SCRIPTED))
+        if onnx_available():  # the serve extra; without it model.pt is the serving graph
+            export_onnx(best.module, work / ONNX, example)
         val_mean, val_std = summarize([r["val"] for r in runs.values()])
         test_mean, test_std = summarize([r["test"] for r in runs.values()])
         metrics = {
@@ -154,13 +132,34 @@ def load_trained(out_dir: str | Path) -> tuple[PLEModule, Preprocessor]:
     return module, Preprocessor.from_dict(saved["preprocessor"])
 
 
+def load_engine(out_dir: str | Path, name: str, module: PLEModule) -> Engine:
+    """The serving graph of a ``train`` output folder run by engine ``name``: ``torchscript``
+    (``model.pt``), ``onnx`` (``model.onnx``, written when the serve extra was installed) or
+    ``eager`` (the checkpoint's module)."""
+    out_dir = Path(out_dir)
+    if name == "torchscript":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return engine(name, module, scripted=torch.jit.load(str(out_dir / SCRIPTED), map_location="cpu"))
+    if name == "onnx" and not (out_dir / ONNX).is_file():
+        raise ConfigError(f"{out_dir}: no {ONNX}; it is written by `ple-search train` when the serve extra is installed (pip install 'ple-search[serve]')")
+    return engine(name, module, onnx_path=out_dir / ONNX if name == "onnx" else None)
+
+
 @torch.no_grad()
-def predict(module: PLEModule, preprocessor: Preprocessor, frame: pd.DataFrame, weights: Mapping[str, float] | None = None, *, where: str = "input") -> pd.DataFrame:
+def predict(
+    module: PLEModule, preprocessor: Preprocessor, frame: pd.DataFrame, weights: Mapping[str, float] | None = None,
+    *, where: str = "input", run: Engine | None = None,
+) -> pd.DataFrame:  # fmt: skip
     """One column per task (probability or value) for raw rows; with ``weights`` also the fused
-    ranking score prod_k p_k^(w_k) over binary tasks."""
+    ranking score prod_k p_k^(w_k) over binary tasks. ``run`` is the engine (``load_engine``);
+    default the module itself, eagerly."""
     cat, num = preprocessor.transform(frame, where)
     module.eval()
-    outputs = module.predict_outputs(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
+    if run is None:
+        outputs = module.predict_outputs(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
+    else:
+        outputs = run(np.ascontiguousarray(cat, dtype=np.int64), np.ascontiguousarray(num, dtype=np.float32))
     result = pd.DataFrame(outputs, columns=module.schema.task_names, index=frame.index)
     if weights:
         types = {t.name: t.type for t in module.schema.tasks}

@@ -46,9 +46,10 @@ FAIL_REASON = "fail_reason"
 WORKER = "worker"  # "host:pid" of the process running the trial
 RETRY_OF = "retry_of"  # the failed trial whose config this one retries
 DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
+COST = "cost"  # serving cost measured before training: params, flops, latency_ms, latency_spread_ms
 TRIAL_KEYS = (
     HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
-    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF,
+    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF, COST,
 )  # fmt: skip
 
 

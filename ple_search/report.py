@@ -19,7 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search.errors import StorageError
 from ple_search.pareto import hypervolume, nondominated_ranks
 from ple_search.record import (
-    BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
+    BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
     is_ple_study, state_counts,
 )  # fmt: skip
 
@@ -44,6 +44,7 @@ def architecture(hp: dict[str, Any], num_tasks: int) -> str:
 def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list[float], test: dict[str, Any], epochs_key: str) -> dict[str, Any]:
     hp = trial.user_attrs.get(HPARAMS, {})
     names = record.objectives
+    cost = {"cost": trial.user_attrs[COST]} if COST in trial.user_attrs else {}  # studies before cost measures have none
     return {
         "number": trial.number,
         "rank": rank,
@@ -55,6 +56,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
         "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
         "epochs": trial.user_attrs.get(epochs_key),
         "hparams": hp,
+        **cost,
     }
 
 
@@ -154,6 +156,9 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in names]]
     header += [*[f"gain {n}" for n in names], "transfer"] if transfer else []
     header += ["architecture", "params", "epochs", "train s"]
+    costs = any("cost" in r for r in data["trials"])
+    latency = any("latency_ms" in r.get("cost", {}) for r in data["trials"])
+    header += (["MFLOPs/sample"] if costs else []) + (["latency ms"] if latency else [])
     cells = []
     for r in data["trials"]:
         rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
@@ -164,6 +169,11 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in names] + [r.get("transfer") or "-"]
         seconds = r["train_seconds"]
         row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
+        cost = r.get("cost", {})
+        if costs:
+            row.append(f"{cost['flops'] / 1e6:.4f}" if "flops" in cost else "-")
+        if latency:
+            row.append(f"{cost['latency_ms']:.3f}±{cost['latency_spread_ms']:.3f}" if "latency_ms" in cost else "-")
         cells.append(row)
     return header, cells
 

@@ -31,7 +31,7 @@ from ple_search.files import read_yaml
 from ple_search.config import DEFAULTS, PLEConfig
 from ple_search.pruning import MOASHA, parse_pruner
 
-TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner"}
+TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
@@ -87,6 +87,7 @@ class SearchSpace:
     enqueue: list[dict[str, Any]]
     raw: dict[str, Any]
     pruner: MOASHA | None = None
+    serving: Any = None  # cost.Serving: where each trial's latency is measured; None = not measured
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The full hyperparameter dict for ``trial``: fixed values plus sampled ones."""
@@ -244,11 +245,19 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     space = SearchSpace(
         path, _parse_dataset(path, raw.get("dataset")), objectives, _parse_sampler(path, raw.get("sampler")),
         _parse_budget(path, raw.get("budget")), fixed, _conditions_first(path, params), enqueue, raw,
-        parse_pruner(path, raw.get("pruner")),
+        parse_pruner(path, raw.get("pruner")), _parse_serving(path, raw.get("serving")),
     )  # fmt: skip
     for i, config in enumerate(enqueue):
         _check_enqueued(space, i, config)
     return space
+
+
+def _parse_serving(path: str, raw: Any) -> Any:
+    if raw is None:
+        return None
+    from ple_search.cost import Serving
+
+    return Serving.from_dict(_mapping(path, "serving", raw), path)
 
 
 def _mapping(path: str, key: str, value: Any) -> dict[str, Any]:

@@ -15,7 +15,8 @@ from sklearn.metrics import roc_auc_score
 from helpers import user_table
 from ple_search.cli.main import main
 from ple_search.export import Pick, load_config
-from ple_search.production import predict
+from ple_search.production import load_engine, predict
+from ple_search.serving import onnx_available
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +112,8 @@ def test_train_load_predict_torchscript_and_reproducibility(study, tmp_path, cap
     assert runs[0]["runs"] == {k: {**v, "train_seconds": runs[0]["runs"][k]["train_seconds"]} for k, v in runs[1]["runs"].items()}
     assert set(runs[0]["mean"]["test"]) == {"click", "buy"} and "+-" in capsys.readouterr().err
     out = tmp_path / "a"
-    assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "metrics.json", "config.yaml", "preprocessor.json", "model.pt"}
+    serving = {"model.onnx"} if onnx_available() else set()
+    assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "metrics.json", "config.yaml", "preprocessor.json", "model.pt", *serving}
 
     module, preprocessor = ple_search.load_trained(out)
     assert ple_search.build_module(ple_search.load_config(out / "config.yaml")).schema == module.schema
@@ -148,3 +150,25 @@ def test_train_load_predict_torchscript_and_reproducibility(study, tmp_path, cap
     torch.save(state, checkpoint)
     assert main(["predict", "--model", str(out), "--input", str(csv)]) == 2
     assert "checkpoint written by ple-search 0.0.1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not onnx_available(), reason="the serve extra (onnx, onnxruntime) is not installed; CI installs it")
+def test_every_predict_engine_gives_the_eager_outputs(study, tmp_path, capsys):
+    folder, _ = study
+    export(study, tmp_path, "--pick", "knee")
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(tmp_path / "best.yaml"), "--seeds", "1", "--out", str(out)]) == 0
+    module, preprocessor = ple_search.load_trained(out)
+    raw = pd.read_csv(folder / "events.csv", dtype=str, keep_default_na=False)
+    rows = raw[raw.split == "test"].drop(columns=["click", "buy", "split"])
+    eager = predict(module, preprocessor, rows)
+    for engine in ("torchscript", "onnx"):
+        for batch in (rows, rows.head(1)):  # the test split, and a batch of one (dynamic batch axis)
+            served = predict(module, preprocessor, batch, run=load_engine(out, engine, module))
+            np.testing.assert_allclose(served.to_numpy(), eager.loc[batch.index].to_numpy(), atol=1e-5, rtol=0)
+    rows.to_csv(tmp_path / "rows.csv", index=False)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(out), "--input", str(tmp_path / "rows.csv"), "--engine", "onnx"]) == 0
+    printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
+    np.testing.assert_allclose(printed.to_numpy(), eager.to_numpy(), atol=1e-5, rtol=0)

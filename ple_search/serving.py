@@ -1,0 +1,123 @@
+"""The serving graph and the engines that run it: eager PyTorch, TorchScript (``model.pt``) and
+ONNX (``model.onnx``, through ONNX Runtime). ``predict`` and the latency cost measure run the same
+graph, so a latency measured during the search is the latency of what ships.
+
+ONNX needs the optional extra: ``pip install 'ple-search[serve]'`` (onnx, onnxruntime).
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ple_search.errors import ConfigError
+from ple_search.module import PLEModule
+
+ENGINES = ("torchscript", "onnx", "eager")
+Engine = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (codes [B, C] int64, numeric [B, F] float32) -> [B, T]
+
+
+class ServingModel(nn.Module):
+    """What serving runs: categorical codes and numeric features in, probabilities (binary tasks)
+    or values in the label's units (regression tasks) out."""
+
+    def __init__(self, module: PLEModule) -> None:
+        super().__init__()
+        self.encoder, self.model = module.encoder, module.model
+        self.register_buffer("is_binary", module.is_binary.clone())
+        self.register_buffer("label_shift", module.label_shift.clone())
+        self.register_buffer("label_scale", module.label_scale.clone())
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        out = self.model(self.encoder(cat, num)) * self.label_scale + self.label_shift
+        return torch.where(self.is_binary, torch.sigmoid(out), out)
+
+
+def example_inputs(module: PLEModule, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:
+    """Valid random inputs: codes within each feature's vocabulary, standard-normal numerics."""
+    generator = torch.Generator().manual_seed(seed)
+    sizes = module.schema.vocab_sizes
+    cat = torch.stack([torch.randint(0, v, (batch_size,), generator=generator) for v in sizes], 1) if sizes else torch.zeros(batch_size, 0, dtype=torch.long)
+    num = torch.randn(batch_size, len(module.schema.numeric), generator=generator)
+    return cat, num
+
+
+def torchscript(module: PLEModule, example: tuple[Tensor, Tensor]) -> torch.jit.ScriptModule:
+    """A traced ``ServingModel`` (TorchScript is what serving stacks load; torch marks it deprecated
+    in favour of ``torch.export``, which the serving side does not read yet)."""
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.trace(ServingModel(module).eval(), example, check_trace=False)
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_onnx(module: PLEModule, path: Path, example: tuple[Tensor, Tensor]) -> None:
+    """``ServingModel`` as ONNX (opset 17, dynamic batch), inputs ``cat`` and ``num``, output
+    ``outputs``. Uses torch's TorchScript-based exporter: the graph has no control flow, and that
+    exporter needs no onnxscript."""
+    if not onnx_available():
+        raise ConfigError("ONNX export needs the serve extra: pip install 'ple-search[serve]'")
+    module.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            ServingModel(module).eval(), example, str(path), input_names=["cat", "num"], output_names=["outputs"],
+            dynamic_axes={"cat": {0: "batch"}, "num": {0: "batch"}, "outputs": {0: "batch"}}, opset_version=17, dynamo=False,
+        )  # fmt: skip
+
+
+def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | None = None, onnx_path: Path | None = None, threads: int | None = None) -> Engine:
+    """A callable running the serving graph with ``name``: ``torchscript`` (``scripted``, else a
+    fresh trace), ``onnx`` (``onnx_path``, else a fresh export to a temporary file) or ``eager``."""
+    if name not in ENGINES:
+        raise ConfigError(f"engine {name!r} is not one of {list(ENGINES)}")
+    module.eval()
+    if name == "eager":
+        serving = ServingModel(module).eval()
+
+        def run_eager(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return serving(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
+
+        return run_eager
+    if name == "torchscript":
+        graph = scripted if scripted is not None else torchscript(module, example_inputs(module, 2))
+
+        def run_script(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+            with torch.no_grad():
+                return graph(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
+
+        return run_script
+    if onnx_path is None:
+        import tempfile
+
+        onnx_path = Path(tempfile.mkdtemp(prefix="ple-search-onnx-")) / "model.onnx"
+        export_onnx(module, onnx_path, example_inputs(module, 2))
+    if not onnx_available():
+        raise ConfigError("the onnx engine needs the serve extra: pip install 'ple-search[serve]'")
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    def run_onnx(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        return session.run(None, {"cat": cat, "num": num})[0]
+
+    return run_onnx

@@ -1,0 +1,100 @@
+"""Serving cost: parameters, multiply-adds and latency of the built model, measured before any
+training, stored on every trial and shown by `pareto`; ONNX export equals the eager model."""
+
+import json
+
+import numpy as np
+import optuna
+import pytest
+import torch
+import yaml
+from torch.utils.flop_counter import FlopCounterMode
+
+from ple_search.cli.main import main
+from ple_search.cost import Serving, measure_costs
+from ple_search.data.schema import Schema, Task
+from ple_search.errors import ConfigError
+from ple_search.module import PLEModule
+from ple_search.serving import engine, example_inputs, onnx_available
+from ple_search.space import parse_space
+
+SCHEMA = Schema(("c0", "c1"), (5, 7), ("n0", "n1", "n2"), (Task("a", "binary"), Task("b", "binary"), Task("y", "regression", 3.0, 2.0)))
+CONFIGS = [
+    {},
+    {"levels": 1, "experts_per_task": 0, "shared_experts": 1},
+    {"levels": 3, "gate_hidden": [4], "tower_hidden": [8, 4], "expert_hidden": [16, 8]},
+    {"experts_per_task": 0, "shared_experts": 4},
+    {"experts_per_task": 2, "shared_experts": 0},
+]
+
+
+@pytest.mark.parametrize("hparams", CONFIGS)
+def test_flops_are_the_multiply_adds_torch_counts_per_sample(hparams):
+    module = PLEModule(SCHEMA, hparams).eval()
+    cat, num = example_inputs(module, 64)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(cat, num)
+    costs = measure_costs(module, names=("params", "flops"))
+    assert costs["flops"] == counter.get_total_flops() / 2 / 64  # a multiply-add is two FLOPs
+    assert costs["params"] == sum(p.numel() for p in module.parameters())
+
+
+def test_latency_is_a_median_with_its_spread_and_leaves_threads_and_mode_as_they_were():
+    module = PLEModule(SCHEMA, {})
+    threads = torch.get_num_threads()
+    costs = measure_costs(module, Serving(batch_size=32, threads=1, repeats=7, warmup=1), names=("latency",))
+    assert costs["latency_ms"] > 0 and costs["latency_spread_ms"] >= 0
+    assert torch.get_num_threads() == threads and module.training
+
+
+@pytest.mark.parametrize("serving, key", [
+    ({"batch": 256}, "serving.batch"), ({"batch_size": 0}, "serving.batch_size"), ({"threads": 1.5}, "serving.threads"),
+    ({"engine": "tensorrt"}, "serving.engine"), ([256], "'serving'"),
+])  # fmt: skip
+def test_bad_serving_settings_are_refused_naming_the_key(serving, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        parse_space({"dataset": "synthetic", "serving": serving}, "space.yaml")
+
+
+@pytest.mark.skipif(not onnx_available(), reason="the serve extra (onnx, onnxruntime) is not installed; CI installs it")
+@pytest.mark.parametrize("batch", [1, 500])
+def test_onnx_runtime_outputs_equal_the_eager_model(batch):
+    module = PLEModule(SCHEMA, {"levels": 2, "gate_hidden": [4]}).eval()
+    cat, num = example_inputs(module, batch, seed=3)
+    eager = engine("eager", module)(cat.numpy(), num.numpy())
+    for name in ("onnx", "torchscript"):
+        np.testing.assert_allclose(engine(name, module)(cat.numpy(), num.numpy()), eager, atol=1e-5, rtol=0)
+
+
+def test_every_trial_stores_its_cost_and_pareto_shows_it(tmp_path, capsys):
+    space = {
+        "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"max_epochs": 1, "patience": 1},
+        "fixed": {"batch_size": 128},
+        "params": {"expert_hidden": {"type": "categorical", "choices": [[4], [32]]}, "lr": {"type": "float", "low": 0.001, "high": 0.01}},
+        "serving": {"batch_size": 64, "threads": 1, "repeats": 5, "warmup": 1},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = str(tmp_path / "s.journal")
+    assert main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "3", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    trials = optuna.load_study(study_name="c", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))).trials
+    for trial in trials:
+        cost = trial.user_attrs["cost"]
+        assert cost["params"] == trial.user_attrs["n_params"] and cost["flops"] > 0 and cost["latency_ms"] > 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "json", "--all"]) == 0
+    rows = json.loads(capsys.readouterr().out)["trials"]
+    assert {r["number"]: r["cost"] for r in rows} == {t.number: t.user_attrs["cost"] for t in trials}
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "csv", "--all"]) == 0
+    header = capsys.readouterr().out.splitlines()[0].split(",")
+    assert header[-2:] == ["MFLOPs/sample", "latency ms"]
+
+
+def test_without_serving_settings_a_trial_stores_params_and_flops_but_spends_no_time_on_latency(tmp_path):
+    space = {"dataset": {"name": "synthetic", "options": {"n": 600, "d": 4}}, "budget": {"max_epochs": 1, "patience": 1}, "fixed": {"batch_size": 128}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = str(tmp_path / "s.journal")
+    assert main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    trial = optuna.load_study(study_name="c", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))).trials[0]
+    assert set(trial.user_attrs["cost"]) == {"params", "flops"}
