@@ -73,6 +73,20 @@ SECONDS = _number(float, 0, strict=True)
 RETRY_SECONDS = _number(float, 0)
 
 
+def _budget_args(p: argparse.ArgumentParser) -> None:
+    """``--max-latency``/``--max-params``/``--max-flops``: view or pick under a serving budget."""
+    p.add_argument("--max-latency", type=_number(float, 0, strict=True), metavar="MS", help="only trials whose measured latency is at most MS")
+    p.add_argument("--max-params", type=COUNT, metavar="N", help="only trials with at most N parameters")
+    p.add_argument("--max-flops", type=COUNT, metavar="N", help="only trials with at most N multiply-adds per sample")
+
+
+def _budget(args: argparse.Namespace):
+    from ple_search.cost import Budget
+
+    limits = {"latency_ms": args.max_latency, "params": args.max_params, "flops": args.max_flops}
+    return Budget.from_dict({k: v for k, v in limits.items() if v is not None}, "command line")
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
@@ -110,6 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--plot", type=_plot_file, help="also write a Pareto plot (.png or .html)")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
     pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
+    _budget_args(pareto)
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     _storage_arg(studies)
@@ -120,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     chosen = export.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--trial", type=INDEX, help="this finished trial")
     chosen.add_argument("--pick", help="knee | best:TASK | weights:TASK=W,TASK=W (see README)")
+    _budget_args(export)
     export.add_argument("--out", type=_output_file, help="output YAML (default results/STUDY/best.yaml)")
 
     train = sub.add_parser("train", help="train an exported config on several seeds for production")
@@ -239,7 +255,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from ple_search.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
-    data = report(study, include_all=args.all, confirmed=args.confirmed)
+    data = report(study, include_all=args.all, confirmed=args.confirmed, budget=_budget(args))
     if args.format == "table" and not args.output:
         header, cells = table_rows(data)
         table = Table(*header, title=summary_line(data))
@@ -279,12 +295,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ple_search.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
-    pick = Pick(study)
+    budget = _budget(args)
+    pick = Pick(study, budget)
     trial, reason = pick.choose(args.trial, args.pick)
     config = build_config(study, trial, args.storage, reason)
     out = Path(args.out or Path("results") / args.study / "best.yaml")
     write_config(config, out)
     err.print(f"chose trial {trial.number}: {reason}")
+    if budget:
+        err.print(f"  within the budget {budget.describe()}: it leaves out {pick.excluded} of the front's trials")
     for k, task in enumerate(pick.tasks):
         low, high = pick.ranges()[task]
         err.print(f"  {task}: {trial.values[k]:.4f} (front {low:.4f} .. {high:.4f})")

@@ -54,7 +54,7 @@ def run_baselines(
     """Search and retrain a single-task baseline per objective; store and return the results."""
     record = StudyRecord.from_study(study)
     results = dict(record.baselines)
-    for task in record.objectives:
+    for task in record.task_objectives():
         single = dataset.select_tasks([task])
         space = single_task_space(record.space, task, f"single-task space of study '{study.study_name}' ({task})")
         name = baseline_study_name(study.study_name, task)

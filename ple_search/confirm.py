@@ -20,7 +20,7 @@ from ple_search.errors import ConfigError, StorageError
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, train_on_seeds
 from ple_search.pareto import hypervolume_contributions, nondominated_ranks
-from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
+from ple_search.record import COST, HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
 
 SEED_OFFSET = 10_000
 
@@ -50,13 +50,15 @@ def run_confirm(
 ) -> dict[str, Any]:
     """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
     record = StudyRecord.from_study(study)
-    tasks = objective_tasks(dataset.schema, record.objectives)
+    tasks = objective_tasks(dataset.schema, record.task_objectives())
     settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator)
     confirmed = dict(record.confirmed.get("trials", {}))
     for trial in trials:
         runs = list(train_on_seeds(trial.user_attrs[HPARAMS], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
         val_mean, val_std = summarize([r.val for r in runs])
         test_mean, test_std = summarize([r.test for r in runs])
+        for key in set(record.objectives) - set(val_mean):  # a serving cost: the config's, measured once
+            val_mean[key], val_std[key] = float(trial.user_attrs[COST][key]), 0.0
         confirmed[str(trial.number)] = {"seeds": seeds, "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std}
     numbers = list(confirmed)
     means = np.array([[confirmed[n]["val_mean"][t] for t in record.objectives] for n in numbers])

@@ -20,15 +20,72 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ple_search.errors import ConfigError
-from ple_search.module import PLEModule
+
+if TYPE_CHECKING:  # the measures need torch; budgets and settings do not (reports read them)
+    from torch import nn
+
+    from ple_search.module import PLEModule
 
 SERVING_KEYS = ("batch_size", "threads", "repeats", "warmup", "engine")
+# What a space may optimise or bound: the measure's name in `objectives: [{cost: NAME}]`, and the
+# stored cost key (and `constraints:` key) it stands for.
+COST_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
+BUDGET_KEYS = tuple(COST_KEYS.values())
+
+
+def measures_for(keys: set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The measures that produce the given cost keys (params and flops are free, always taken)."""
+    return ("params", "flops", "latency") if "latency_ms" in keys else ("params", "flops")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Serving budgets (a space's ``constraints:``, or ``pareto``/``export``'s ``--max-*`` flags):
+    a config is feasible when every bounded cost is at most its budget."""
+
+    limits: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "constraints") -> "Budget":
+        limits = []
+        for key, value in (raw or {}).items():
+            if key not in BUDGET_KEYS:
+                raise ConfigError(f"{where}: key 'constraints.{key}': unknown cost; allowed: {', '.join(BUDGET_KEYS)}")
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value or value == float("inf"):
+                raise ConfigError(f"{where}: key 'constraints.{key}': must be a number > 0, got {value!r}")
+            limits.append((key, float(value)))
+        return cls(tuple(limits))
+
+    def __bool__(self) -> bool:
+        return bool(self.limits)
+
+    def keys(self) -> list[str]:
+        return [key for key, _ in self.limits]
+
+    def excess(self, cost: Mapping[str, Any]) -> list[float]:
+        """Per limit, cost - budget (<= 0 is within budget): Optuna's constraint values."""
+        return [float(cost[key]) - limit for key, limit in self.limits]
+
+    def violations(self, cost: Mapping[str, Any]) -> list[str]:
+        """``"params 812,004 > 500,000"`` for each exceeded limit."""
+        return [f"{key} {_shown(cost[key])} > {_shown(limit)}" for key, limit in self.limits if float(cost[key]) > limit]
+
+    def describe(self) -> str:
+        return ", ".join(f"{key} <= {_shown(limit)}" for key, limit in self.limits)
+
+    def to_dict(self) -> dict[str, float]:
+        return dict(self.limits)
+
+    def allows(self, cost: Mapping[str, Any] | None) -> bool:
+        """Within every limit; a trial without the measured cost is outside any budget on it."""
+        return cost is not None and all(key in cost and float(cost[key]) <= limit for key, limit in self.limits)
+
+
+def _shown(value: float) -> str:
+    return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:g}"
 
 
 @dataclass(frozen=True)
@@ -91,6 +148,8 @@ class Latency:
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
         from ple_search.serving import engine, example_inputs
+
+        import torch
 
         cat, num = example_inputs(module, serving.batch_size)
         cat_np, num_np = cat.numpy(), num.numpy()

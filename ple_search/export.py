@@ -27,7 +27,8 @@ from ple_search.errors import ConfigError, StorageError
 from ple_search.config import PLEConfig
 from ple_search.files import atomic_write_text, read_yaml
 from ple_search.pareto import nondominated_ranks
-from ple_search.record import BEST_EPOCH, HPARAMS, TEST, VAL, StudyRecord, finished_trials
+from ple_search.cost import Budget
+from ple_search.record import COST, BEST_EPOCH, HPARAMS, TEST, VAL, StudyRecord, finished_trials
 from ple_search.storage import mask_url
 
 CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
@@ -53,7 +54,9 @@ def parse_weights(text: str, tasks: list[str]) -> dict[str, float]:
 class Pick:
     """The Pareto front of a study and the rules that choose one trial from it."""
 
-    def __init__(self, study: optuna.Study) -> None:
+    def __init__(self, study: optuna.Study, budget: Budget | None = None) -> None:
+        """With ``budget``, the front of the trials within it (``excluded``: how many trials of
+        the whole front the budget left out)."""
         self.study = study
         self.record = StudyRecord.from_study(study)
         self.tasks: list[str] = self.record.objectives
@@ -61,6 +64,13 @@ class Pick:
         trials = finished_trials(study)
         if not trials:
             raise StorageError(f"study '{study.study_name}' has no finished trials to export")
+        self.excluded = 0
+        if budget:
+            ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
+            self.excluded = sum(1 for t, r in zip(trials, ranks) if r == 0 and not budget.allows(t.user_attrs.get(COST)))
+            trials = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
+            if not trials:
+                raise ConfigError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
         ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
         self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
         self.values = np.array([t.values for t in self.front])
@@ -119,7 +129,7 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
         "dataset": portable_dataset(record.dataset),
         "split": record.split,
         "schema": record.schema,
-        "objectives": record.objectives,
+        "objectives": record.task_objectives(),
         "training": {"max_epochs": int(trial.user_attrs[BEST_EPOCH]), "patience": int(record.budget["patience"])},
         "provenance": {
             "study": study.study_name,

@@ -24,7 +24,7 @@ from ple_search.data.schema import Task
 from ple_search.errors import ConfigError, TrialFailed
 from ple_search.metrics import task_metrics
 from ple_search.module import PLEModule
-from ple_search.record import COST, BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
+from ple_search.record import COST, OVER_BUDGET, BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
 from ple_search.space import SearchSpace
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
@@ -178,11 +178,22 @@ def train_on_seeds(
 
 
 def trial_costs(module: PLEModule, space: SearchSpace) -> dict[str, Any]:
-    """Params and FLOPs of every trial; latency too where the space has ``serving:``."""
+    """Params and FLOPs of every trial; latency too where the space has ``serving:`` or
+    optimises or bounds latency."""
     from ple_search.cost import measure_costs
 
-    names = ("params", "flops", "latency") if space.serving is not None else ("params", "flops")
-    return measure_costs(module, space.serving, names)
+    return measure_costs(module, space.serving_settings(), space.cost_measures())
+
+
+def _record_cost(trial: optuna.Trial, module: PLEModule, space: SearchSpace, cost: dict[str, Any]) -> None:
+    """Store the cost; a config over the space's budget ends PRUNED before any epoch (PRUNED, so
+    the samplers' ``constraints_func`` learns from it)."""
+    cost.update(trial_costs(module, space))
+    trial.set_user_attr(COST, cost)
+    if space.constraints and not space.constraints.allows(cost):
+        reason = "over budget: " + "; ".join(space.constraints.violations(cost))
+        trial.set_user_attr(OVER_BUDGET, reason)
+        raise optuna.TrialPruned(reason)
 
 
 def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, *, hook: EpochHook | None = None) -> list[float]:
@@ -193,11 +204,13 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         pruner = space.pruner
 
         def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
-            return pruner.should_prune(trial, epochs_done, settings.max_epochs, [best[t.name] for t in settings.objectives])
+            vector = [best[t.name] for t in settings.objectives] + [cost[c] for c in space.cost_objectives]
+            return pruner.should_prune(trial, epochs_done, settings.max_epochs, vector)
 
+    cost: dict[str, Any] = {}
     module, recorder, seconds = train_config(
         hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check,
-        on_built=lambda module: trial.set_user_attr(COST, trial_costs(module, space)),
+        on_built=lambda module: _record_cost(trial, module, space, cost),
     )  # fmt: skip
     best = recorder.curve[recorder.best_epoch]
     trial.set_user_attr(HPARAMS, module.config)
@@ -211,7 +224,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         trial.set_user_attr(PRUNED_AT, recorder.pruned_at)
         raise optuna.TrialPruned(f"pruned by MO-ASHA after {recorder.pruned_at} epochs")
     trial.set_user_attr(TEST, evaluate(module, dataset.test))
-    values = [best[t.name] for t in settings.objectives]
+    values = [best[t.name] for t in settings.objectives] + [float(cost[c]) for c in space.cost_objectives]
     if any(math.isnan(v) for v in values):
         raise TrialFailed(f"undefined validation metric at the best epoch: {best}")
     return values

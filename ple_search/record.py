@@ -47,9 +47,10 @@ WORKER = "worker"  # "host:pid" of the process running the trial
 RETRY_OF = "retry_of"  # the failed trial whose config this one retries
 DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
 COST = "cost"  # serving cost measured before training: params, flops, latency_ms, latency_spread_ms
+OVER_BUDGET = "over_budget"  # why a config over the space's constraints was never trained
 TRIAL_KEYS = (
     HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
-    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF, COST,
+    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF, COST, OVER_BUDGET,
 )  # fmt: skip
 
 
@@ -116,9 +117,14 @@ class StudyRecord:
             confirmed=dict(study.user_attrs.get(CONFIRMED_KEY) or {}), meta=dict(meta),
         )  # fmt: skip
 
+    def task_objectives(self) -> list[str]:
+        """The objectives that are tasks (the others are serving costs, minimised)."""
+        tasks = {t["name"] for t in self.schema.get("tasks", [])}
+        return [name for name in self.objectives if name in tasks] if tasks else list(self.objectives)
+
     def tasks(self) -> list[Task]:
         """The objectives as ``Task``s of the stored schema."""
-        return objective_tasks(Schema.from_dict(self.schema), self.objectives, f"study '{self.name}'")
+        return objective_tasks(Schema.from_dict(self.schema), self.task_objectives(), f"study '{self.name}'")
 
 
 def is_ple_study(study: optuna.Study) -> bool:

@@ -16,6 +16,7 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ple_search.cost import Budget
 from ple_search.errors import StorageError
 from ple_search.pareto import hypervolume, nondominated_ranks
 from ple_search.record import (
@@ -105,15 +106,23 @@ def _confirmed_rows(record: StudyRecord, study: optuna.Study, trials: list[Froze
     return rows
 
 
-def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False) -> dict[str, Any]:
+def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False, budget: Budget | None = None) -> dict[str, Any]:
     """The stable JSON shape behind every output format (documented in the README). With
     ``confirmed``, the rows are the confirmed trials with fresh-seed means (``values``, ``test``)
-    and standard deviations (``values_std``, ``test_std``), ranked on the validation means."""
+    and standard deviations (``values_std``, ``test_std``), ranked on the validation means. With
+    ``budget``, the view is of the finished trials within it (a ``budget`` block says how many
+    it left out)."""
     record = StudyRecord.from_study(study)
     names, directions = record.objectives, record.directions
     trials = finished_trials(study)
     if not trials:
         raise StorageError(f"study '{study.study_name}' has no finished trials yet; run `ple-search run --study {study.study_name}` first")
+    excluded = 0
+    if budget:
+        kept = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
+        excluded, trials = len(trials) - len(kept), kept
+        if not trials:
+            raise StorageError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
     values = np.array([t.values for t in trials])
     ranks = nondominated_ranks(values, directions)
     if confirmed:
@@ -122,7 +131,8 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         rows = _search_rows(record, trials, ranks, include_all) + (_pruned_rows(record, study) if include_all else [])
     baselines = record.baselines
     if baselines:
-        _add_transfer(rows, baselines, dict(zip(names, directions)))
+        tasks = set(record.task_objectives())
+        _add_transfer(rows, baselines, {n: d for n, d in zip(names, directions) if n in tasks})
     sign = -1.0 if directions[0] == "maximize" else 1.0
     rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
     on_front = [r for r in rows if r["rank"] == 0]
@@ -136,6 +146,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         "front_size": int((ranks == 0).sum()),
         "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
         "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
+        **({"budget": {"limits": budget.to_dict(), "excluded": excluded}} if budget else {}),
         "trials": rows,
     }
 
@@ -185,6 +196,9 @@ def summary_line(data: dict[str, Any]) -> str:
         f"Pareto front {data['front_size']} trials; hypervolume {data['hypervolume']:.6f} "
         f"(reference {data['reference_point']})"
     )
+    if data.get("budget"):
+        limits = ", ".join(f"{k} <= {v:g}" for k, v in data["budget"]["limits"].items())
+        line += f"; budget {limits} leaves out {data['budget']['excluded']} finished trials"
     if data.get("view") == "confirmed":
         on_front = sum(r["rank"] == 0 for r in data["trials"])
         line += f"; confirmed on fresh seeds: {on_front} of {len(data['trials'])} stay non-dominated"

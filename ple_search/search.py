@@ -76,7 +76,10 @@ def open_study(
             it that is refused with the list of changes. A different dataset is always refused.
     """
     tasks = objectives_of(space, dataset)
-    directions = [t.direction for t in tasks]
+    names = [t.name for t in tasks] + space.cost_objectives
+    directions = [t.direction for t in tasks] + ["minimize"] * len(space.cost_objectives)
+    if space.constraints:
+        check_budget_reachable(space, dataset)
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         created = True
@@ -85,17 +88,17 @@ def open_study(
         created = False
     stored = directions_of(study)
     meta = study.user_attrs.get(META_KEY)
-    if stored != directions or (meta and meta["objectives"] != [t.name for t in tasks]):
+    if stored != directions or (meta and meta["objectives"] != names):
         raise StorageError(
             f"study '{name}' already exists with objectives {meta['objectives'] if meta else stored}; "
-            f"this space optimises {[t.name for t in tasks]}: pick another --study name"
+            f"this space optimises {names}: pick another --study name"
         )
     if meta is not None:
         _check_same_search(name, study, meta, space, allow_space_change, notify)
     stream = seed if created else joining_seed(seed, study)
     study.sampler = space.make_sampler(sampler, stream)
     if meta is None:
-        study.set_metric_names([t.name for t in tasks])
+        study.set_metric_names(names)
         write_meta(study, {
             "version": __version__,
             "dataset": space.dataset,
@@ -103,14 +106,44 @@ def open_study(
             "schema": dataset.schema.to_dict(),
             "space": space.raw,
             "space_file": space.path,
-            "objectives": [t.name for t in tasks],
-            "metrics": [t.metric for t in tasks],
-            "reference_point": reference_point(dataset, [t.name for t in tasks]),
+            "objectives": names,
+            "metrics": [t.metric for t in tasks] + space.cost_objectives,
+            "reference_point": reference_point(dataset, [t.name for t in tasks]) + cost_reference(space, dataset),
             "budget": space.budget,
         })  # fmt: skip
         for config in space.enqueue:
             study.enqueue_trial(space.enqueue_params(config), skip_if_exists=True)
     return study
+
+
+def _model_cost(space: SearchSpace, dataset: Dataset, largest: bool) -> dict[str, Any]:
+    from ple_search.cost import measure_costs
+    from ple_search.module import PLEModule
+
+    module = PLEModule(dataset.schema, space.extreme_config(largest))
+    return measure_costs(module, space.serving_settings(), space.cost_measures())
+
+
+def cost_reference(space: SearchSpace, dataset: Dataset) -> list[float]:
+    """Reference point of each cost objective: 1.1 x the cost of the space's largest model (a
+    trial costlier than that, e.g. a latency outlier, adds no hypervolume)."""
+    if not space.cost_objectives:
+        return []
+    cost = _model_cost(space, dataset, largest=True)
+    return [1.1 * float(cost[key]) for key in space.cost_objectives]
+
+
+def check_budget_reachable(space: SearchSpace, dataset: Dataset) -> None:
+    """Refuse constraints that not even the space's smallest model meets, before any trial."""
+    try:
+        cost = _model_cost(space, dataset, largest=False)
+    except ConfigError:
+        return  # the smallest corner is not a valid model: the trials will tell
+    violated = space.constraints.violations(cost)
+    if violated:
+        raise ConfigError(
+            f"{space.path}: key 'constraints': no config of the space can meet it: its smallest model has {'; '.join(violated)}"
+        )
 
 
 def joining_seed(seed: int, study: optuna.Study) -> int:

@@ -31,7 +31,7 @@ from ple_search.files import read_yaml
 from ple_search.config import DEFAULTS, PLEConfig
 from ple_search.pruning import MOASHA, parse_pruner
 
-TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving"}
+TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving", "constraints"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
@@ -88,6 +88,43 @@ class SearchSpace:
     raw: dict[str, Any]
     pruner: MOASHA | None = None
     serving: Any = None  # cost.Serving: where each trial's latency is measured; None = not measured
+    cost_objectives: list[str] = field(default_factory=list)  # cost keys optimised (minimised), after the tasks
+    constraints: Any = None  # cost.Budget: hard serving budgets; over-budget configs are never trained
+
+    def cost_measures(self) -> tuple[str, ...]:
+        """The cost measures every trial takes: latency only where something asks for it."""
+        from ple_search.cost import measures_for
+
+        wanted = {*self.cost_objectives, *(self.constraints.keys() if self.constraints else [])}
+        return ("params", "flops", "latency") if self.serving is not None else measures_for(wanted)
+
+    def serving_settings(self) -> Any:
+        from ple_search.cost import Serving
+
+        return self.serving or Serving()
+
+    def constraints_func(self, trial: optuna.trial.FrozenTrial) -> list[float]:
+        """Optuna's constraint values (<= 0 feasible) from the cost measured before training."""
+        cost = trial.user_attrs.get("cost") or {}
+        if not all(key in cost for key in self.constraints.keys()):
+            return [0.0] * len(self.constraints.keys())  # never measured (failed before): no information
+        return self.constraints.excess(cost)
+
+    def extreme_config(self, largest: bool) -> dict[str, Any]:
+        """The space's smallest (or largest) model: every range at its low (high) end, every
+        list-of-widths choice the narrowest (widest); other keys fixed or first choice."""
+        values = dict(self.fixed)
+        for param in self.params:
+            if param.type == "categorical":
+                sized = [c for c in param.choices if isinstance(c, (list, tuple))]
+                pick = max if largest else min
+                values[param.name] = pick(sized, key=lambda c: sum(c)) if len(sized) == len(param.choices) else param.choices[0]
+            else:
+                value = param.high if largest else param.low
+                values[param.name] = int(value) if param.type == "int" else value
+        if values.get("experts_per_task", DEFAULTS["experts_per_task"]) + values.get("shared_experts", DEFAULTS["shared_experts"]) == 0:
+            values["shared_experts"] = 1
+        return values
 
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The full hyperparameter dict for ``trial``: fixed values plus sampled ones."""
@@ -101,14 +138,15 @@ class SearchSpace:
         """The sampler the file names, unless ``name``/``seed`` override it."""
         name = name or self.sampler["name"]
         seed = self.sampler.get("seed") if seed is None else seed
+        constraints = {"constraints_func": self.constraints_func} if self.constraints else {}  # samplers learn feasibility
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, **constraints)
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed)
+            return optuna.samplers.NSGAIISampler(seed=seed, **constraints)
         if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed)
+            return optuna.samplers.NSGAIIISampler(seed=seed, **constraints)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed)
+            return optuna.samplers.GPSampler(seed=seed, **constraints)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         raise ConfigError(f"{self.path}: sampler '{name}' is not one of {list(SAMPLERS)}")
@@ -219,9 +257,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     unknown = sorted(set(raw) - TOP_KEYS)
     if unknown:
         raise _fail(path, unknown[0], f"unknown key; allowed: {sorted(TOP_KEYS)}")
-    objectives = raw.get("objectives")
-    if objectives is not None and (not isinstance(objectives, list) or not objectives or not all(isinstance(o, str) for o in objectives)):
-        raise _fail(path, "objectives", "must be a non-empty list of task names")
+    objectives, cost_objectives = _parse_objectives(path, raw.get("objectives"))
     fixed = _mapping(path, "fixed", raw.get("fixed"))
     params_raw = _mapping(path, "params", raw.get("params"))
     for key in [*fixed, *params_raw]:
@@ -245,11 +281,43 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
     space = SearchSpace(
         path, _parse_dataset(path, raw.get("dataset")), objectives, _parse_sampler(path, raw.get("sampler")),
         _parse_budget(path, raw.get("budget")), fixed, _conditions_first(path, params), enqueue, raw,
-        parse_pruner(path, raw.get("pruner")), _parse_serving(path, raw.get("serving")),
+        parse_pruner(path, raw.get("pruner")), _parse_serving(path, raw.get("serving")), cost_objectives,
+        _parse_constraints(path, raw.get("constraints")),
     )  # fmt: skip
     for i, config in enumerate(enqueue):
         _check_enqueued(space, i, config)
     return space
+
+
+def _parse_objectives(path: str, raw: Any) -> tuple[list[str] | None, list[str]]:
+    """Task names (None: every task) and cost keys (``{cost: latency}`` -> ``latency_ms``)."""
+    if raw is None:
+        return None, []
+    from ple_search.cost import COST_KEYS
+
+    problem = "must be a non-empty list of task names and {cost: NAME} entries (NAME: " + ", ".join(COST_KEYS) + ")"
+    if not isinstance(raw, list) or not raw:
+        raise _fail(path, "objectives", problem)
+    tasks, costs = [], []
+    for entry in raw:
+        if isinstance(entry, str):
+            tasks.append(entry)
+        elif isinstance(entry, dict) and set(entry) == {"cost"} and entry["cost"] in COST_KEYS:
+            costs.append(COST_KEYS[entry["cost"]])
+        else:
+            raise _fail(path, "objectives", f"{problem}, got {entry!r}")
+    if len(set(costs)) != len(costs):
+        raise _fail(path, "objectives", "a cost is listed twice")
+    return tasks or None, costs
+
+
+def _parse_constraints(path: str, raw: Any) -> Any:
+    if raw is None:
+        return None
+    from ple_search.cost import Budget
+
+    budget = Budget.from_dict(_mapping(path, "constraints", raw), path)
+    return budget or None
 
 
 def _parse_serving(path: str, raw: Any) -> Any:

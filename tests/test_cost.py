@@ -98,3 +98,85 @@ def test_without_serving_settings_a_trial_stores_params_and_flops_but_spends_no_
     assert main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
     trial = optuna.load_study(study_name="c", storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage))).trials[0]
     assert set(trial.user_attrs["cost"]) == {"params", "flops"}
+
+
+def cost_space(tmp_path, **extra):
+    space = {
+        "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
+        "sampler": {"name": "tpe", "seed": 0},
+        "budget": {"max_epochs": 1, "patience": 1},
+        "fixed": {"batch_size": 128, "levels": 1},
+        "params": {"expert_hidden": {"type": "categorical", "choices": [[4], [64]]}, "lr": {"type": "float", "low": 0.001, "high": 0.01}},
+        **extra,
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    return str(tmp_path / "space.yaml"), str(tmp_path / "s.journal")
+
+
+def load(storage, name="c"):
+    return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(storage)))
+
+
+def run(space, storage, trials, *extra):
+    return main(["run", "--study", "c", "--space", space, "--trials", str(trials), "--storage", storage, "--quiet", "--threads", "1", *extra])
+
+
+def test_a_cost_objective_is_one_more_minimised_direction_with_a_reference_past_the_largest_model(tmp_path):
+    space, storage = cost_space(tmp_path, objectives=["y1", "y2", {"cost": "params"}])
+    assert run(space, storage, 3) == 0
+    study = load(storage)
+    meta = study.user_attrs["ple_search"]
+    assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE", "MINIMIZE"] and meta["objectives"] == ["y1", "y2", "params"]
+    largest = PLEModule(SCHEMA_OF(storage), {"levels": 1, "expert_hidden": [64], "batch_size": 128})
+    assert meta["reference_point"][2] == pytest.approx(1.1 * sum(p.numel() for p in largest.parameters()))
+    for trial in study.trials:
+        assert trial.values[2] == trial.user_attrs["cost"]["params"]
+
+
+def SCHEMA_OF(storage):
+    return Schema.from_dict(load(storage).user_attrs["ple_search"]["schema"])
+
+
+def test_a_config_over_a_hard_budget_is_pruned_before_training_and_never_on_the_front(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, constraints={"params": 1500}, enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}])
+    assert run(space, storage, 4) == 0
+    study = load(storage)
+    over = study.trials[0]
+    assert over.state.name == "PRUNED" and over.user_attrs["over_budget"].startswith("over budget: params ") and "> 1,500" in over.user_attrs["over_budget"]
+    assert "epochs_run" not in over.user_attrs  # no epoch was spent on it
+    assert over.system_attrs["constraints"][0] > 0  # what the sampler learns from
+    feasible = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert feasible and all(t.user_attrs["cost"]["params"] <= 1500 for t in feasible)
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "json"]) == 0
+    assert 0 not in {r["number"] for r in json.loads(capsys.readouterr().out)["trials"]}
+
+
+@pytest.mark.parametrize("constraints, message", [
+    ({"memory": 10}, "constraints.memory': unknown cost"), ({"params": 0}, "constraints.params': must be a number > 0"),
+    ({"params": 10}, "no config of the space can meet it: its smallest model has params"),
+])  # fmt: skip
+def test_bad_or_unreachable_budgets_are_one_line_before_any_trial(tmp_path, capsys, constraints, message):
+    space, storage = cost_space(tmp_path, constraints=constraints)
+    assert run(space, storage, 1) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_pareto_and_export_view_and_pick_under_a_budget(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}])
+    assert run(space, storage, 4) == 0
+    study = load(storage)
+    small = max(t.user_attrs["cost"]["params"] for t in study.trials if t.params["expert_hidden"] == "[4]")
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "json", "--all", "--max-params", str(small)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert all(r["cost"]["params"] <= small for r in data["trials"] if r["rank"] is not None)
+    assert data["budget"] == {"limits": {"params": float(small)}, "excluded": sum(t.user_attrs["cost"]["params"] > small for t in study.trials)}
+    out = tmp_path / "pick.yaml"
+    assert main(["export", "--study", "c", "--storage", storage, "--pick", "best:y1", "--max-params", str(small), "--out", str(out)]) == 0
+    chosen = yaml.safe_load(out.read_text())["provenance"]["trial"]
+    assert study.trials[chosen].user_attrs["cost"]["params"] <= small
+    assert "leaves out" in capsys.readouterr().err
+    assert main(["pareto", "--study", "c", "--storage", storage, "--max-params", "1"]) == 2
+    assert "no finished trial of study 'c' is within the budget (params <= 1)" in capsys.readouterr().err
