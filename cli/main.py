@@ -19,8 +19,8 @@ from rich.console import Console
 from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError
 from ple_search.storage import DEFAULT_STORAGE, mask_url
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # messages quote [extras] and paths verbatim
+out = Console(highlight=False, markup=False)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -87,6 +87,19 @@ def _budget(args: argparse.Namespace):
     return Budget.from_dict({k: v for k, v in limits.items() if v is not None}, "command line")
 
 
+def _tracking_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", metavar="URI", help="log to MLflow (e.g. sqlite:///mlflow.db or http://host:5000); needs the track extra")
+    p.add_argument("--tensorboard", metavar="DIR", help="Lightning's TensorBoard logger in DIR, one version per trial or seed")
+
+
+def _tracker(args: argparse.Namespace, experiment: str):
+    if not args.mlflow:
+        return None
+    from ple_search.tracking import MLflowTracker
+
+    return MLflowTracker(args.mlflow, experiment)
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
@@ -113,6 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
     run.add_argument("--storage-retry", type=RETRY_SECONDS, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
+    _tracking_args(run)
     run.add_argument("--allow-space-change", action="store_true", help="resume a study whose stored space searches other params")
     run.add_argument("--worker", type=INDEX, help=argparse.SUPPRESS)  # index of a --jobs worker
 
@@ -122,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--format", default="table", choices=["table", "json", "csv", "markdown"])
     pareto.add_argument("--output", type=_output_file, help="write the report to this file instead of stdout")
     pareto.add_argument("--plot", type=_plot_file, help="also write a Pareto plot (.png or .html)")
+    pareto.add_argument("--x", help="with --plot: the x axis, any objective or serving cost (params, flops, latency)")
+    pareto.add_argument("--y", help="with --plot: the y axis")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
     pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
     _budget_args(pareto)
@@ -145,6 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--max-epochs", type=COUNT, help="override the config's epoch budget")
     train.add_argument("--out", type=_new_folder, help="output folder (default results/STUDY/train-TIMESTAMP)")
     train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    _tracking_args(train)
 
     baselines = sub.add_parser("baselines", help="tune and retrain a single-task baseline per task of a study")
     baselines.add_argument("--study", required=True)
@@ -153,6 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--seeds", type=COUNT, default=3, help="seeds the best single-task config is retrained on")
     baselines.add_argument("--data-dir", help="folder holding the census files")
     baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    _tracking_args(baselines)
 
     confirm = sub.add_parser("confirm", help="retrain the front's configs on fresh seeds")
     confirm.add_argument("--study", required=True)
@@ -162,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=COUNT, default=5)
     confirm.add_argument("--data-dir", help="folder holding the census files")
     confirm.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    _tracking_args(confirm)
 
     predict = sub.add_parser("predict", help="score raw rows with a trained model")
     predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
@@ -193,7 +212,10 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     dataset = load_space_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
     budget = {**space.budget, **{k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience)) if v is not None}}
-    settings = TrialSettings.from_budget(objectives_of(space, dataset), budget, seed=seed, accelerator=args.accelerator)
+    settings = TrialSettings.from_budget(
+        objectives_of(space, dataset), budget, seed=seed, accelerator=args.accelerator, tensorboard=args.tensorboard, experiment=args.study,
+    )  # fmt: skip
+    tracker = _tracker(args, args.study)
     study = open_study(
         args.study, storage, space, dataset, sampler=args.sampler, seed=seed,
         allow_space_change=args.allow_space_change, notify=_notice,
@@ -203,7 +225,13 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.jobs > 1:
         return _run_parallel(args, argv, study, threads)
     reporter_cls = LogReporter if args.quiet else LiveReporter
-    with reporter_cls(study, args.trials, err) as reporter:
+    display = reporter_cls(study, args.trials, err)
+    if tracker is not None:
+        from ple_search.record import StudyRecord
+        from ple_search.tracking import TrackingReporter
+
+        display = TrackingReporter(display, tracker, StudyRecord.from_study(study).objectives)
+    with display as reporter:
         try:
             finished = run_search(
                 study, space, dataset, settings, target=args.trials, reporter=reporter,
@@ -251,10 +279,13 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ple_search.report import plot, render, report, summary_line, table_rows
+    from ple_search.report import plot, plot_axes, render, report, summary_line, table_rows
     from ple_search.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
+    axes = (args.x, args.y) if args.x or args.y else None
+    if axes is not None:
+        plot_axes(study, args.plot, axes)
     data = report(study, include_all=args.all, confirmed=args.confirmed, budget=_budget(args))
     if args.format == "table" and not args.output:
         header, cells = table_rows(data)
@@ -271,7 +302,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
         else:
             sys.stdout.write(text)
     if args.plot:
-        plot(study, args.plot)
+        plot(study, args.plot, axes)
     return 0
 
 
@@ -346,7 +377,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             return on_epoch
 
-        metrics = train(config, dataset, out, args.seeds, max_epochs=args.max_epochs, accelerator=args.accelerator, hook=hook)
+        tracker = _tracker(args, study)
+        on_seed = (lambda run: tracker.log_seeds("train", config["hparams"], [run])) if tracker else None
+        metrics = train(
+            config, dataset, out, args.seeds, max_epochs=args.max_epochs, accelerator=args.accelerator, hook=hook,
+            tensorboard=args.tensorboard, on_seed=on_seed,
+        )  # fmt: skip
     for task in metrics["mean"]["test"]:
         err.print(f"test {task}: {metrics['mean']['test'][task]:.4f} +- {metrics['std']['test'][task]:.4f} over {args.seeds} seeds")
     err.print(f"wrote {out} (best seed {metrics['best_seed']})")
@@ -368,9 +404,18 @@ def _study_and_data(args: argparse.Namespace):
 def cmd_baselines(args: argparse.Namespace) -> int:
     from ple_search.baselines import run_baselines
     from ple_search.progress import LogReporter
+    from ple_search.record import StudyRecord
 
     storage, study, dataset = _study_and_data(args)
-    results = run_baselines(study, storage, dataset, args.trials, seeds=args.seeds, reporter=lambda s, n: LogReporter(s, n, err))
+    def reporter(single, trials):
+        tracker = _tracker(args, single.study_name)
+        if tracker is None:
+            return LogReporter(single, trials, err)
+        from ple_search.tracking import TrackingReporter
+
+        return TrackingReporter(LogReporter(single, trials, err), tracker, StudyRecord.from_study(single).objectives)
+
+    results = run_baselines(study, storage, dataset, args.trials, seeds=args.seeds, reporter=reporter, tensorboard=args.tensorboard)
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
     err.print(f"stored in study {args.study}; `ple-search pareto --study {args.study}` now shows MTL gains")
@@ -379,11 +424,14 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 def cmd_confirm(args: argparse.Namespace) -> int:
     from ple_search.confirm import choose, run_confirm
+    from ple_search.record import HPARAMS
 
     _, study, dataset = _study_and_data(args)
     trials = choose(study, args.top, args.trial)
     err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds")
-    result = run_confirm(study, dataset, trials, args.seeds)
+    tracker = _tracker(args, args.study)
+    on_runs = (lambda trial, runs: tracker.log_seeds("confirm", trial.user_attrs[HPARAMS], runs, {"trial": trial.number})) if tracker else None
+    result = run_confirm(study, dataset, trials, args.seeds, tensorboard=args.tensorboard, on_runs=on_runs)
     stay = [n for n, c in result["trials"].items() if c["on_front"]]
     err.print(f"non-dominated on the seed means: trials {stay}; `ple-search pareto --study {args.study} --confirmed` shows them")
     return 0

@@ -50,6 +50,7 @@ def run_baselines(
     reporter: Callable[[optuna.Study, int], Reporter],
     sampler_seed: int = 0,
     accelerator: str = "cpu",
+    tensorboard: str | None = None,
 ) -> dict[str, Any]:
     """Search and retrain a single-task baseline per objective; store and return the results."""
     record = StudyRecord.from_study(study)
@@ -59,7 +60,9 @@ def run_baselines(
         space = single_task_space(record.space, task, f"single-task space of study '{study.study_name}' ({task})")
         name = baseline_study_name(study.study_name, task)
         baseline = open_study(name, storage, space, single, seed=sampler_seed)
-        settings = TrialSettings.from_budget(list(single.schema.tasks), record.budget, seed=sampler_seed, accelerator=accelerator)
+        settings = TrialSettings.from_budget(
+            list(single.schema.tasks), record.budget, seed=sampler_seed, accelerator=accelerator, tensorboard=tensorboard, experiment=name,
+        )  # fmt: skip
         with reporter(baseline, trials) as progress:
             run_search(baseline, space, single, settings, target=trials, reporter=progress)
         best = baseline.best_trial

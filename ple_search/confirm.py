@@ -9,7 +9,7 @@ or not. Results are stored in the study's user attribute ``confirmed``.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
@@ -18,7 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search.data import Dataset
 from ple_search.errors import ConfigError, StorageError
 from ple_search.metrics import summarize
-from ple_search.objective import TrialSettings, train_on_seeds
+from ple_search.objective import SeedRun, TrialSettings, train_on_seeds
 from ple_search.pareto import hypervolume_contributions, nondominated_ranks
 from ple_search.record import COST, HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
 
@@ -46,15 +46,18 @@ def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] =
 
 
 def run_confirm(
-    study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, *, accelerator: str = "cpu"
+    study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, *, accelerator: str = "cpu",
+    tensorboard: str | None = None, on_runs: Callable[[FrozenTrial, list[SeedRun]], None] | None = None,
 ) -> dict[str, Any]:
     """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
     record = StudyRecord.from_study(study)
     tasks = objective_tasks(dataset.schema, record.task_objectives())
-    settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator)
+    settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study.study_name}-confirm")
     confirmed = dict(record.confirmed.get("trials", {}))
     for trial in trials:
         runs = list(train_on_seeds(trial.user_attrs[HPARAMS], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
+        if on_runs is not None:
+            on_runs(trial, runs)
         val_mean, val_std = summarize([r.val for r in runs])
         test_mean, test_std = summarize([r.test for r in runs])
         for key in set(record.objectives) - set(val_mean):  # a serving cost: the config's, measured once

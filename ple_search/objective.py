@@ -99,20 +99,32 @@ class TrialSettings:
     patience: int
     seed: int = 0
     accelerator: str = "cpu"
+    tensorboard: str | None = None  # a folder: Lightning's TensorBoard logger, one version per trial or seed
+    experiment: str = "ple-search"  # its name there (the study)
 
     @classmethod
-    def from_budget(cls, objectives: Sequence[Task], budget: Mapping[str, int], *, seed: int = 0, accelerator: str = "cpu") -> "TrialSettings":
+    def from_budget(
+        cls, objectives: Sequence[Task], budget: Mapping[str, int], *, seed: int = 0, accelerator: str = "cpu",
+        tensorboard: str | None = None, experiment: str = "ple-search",
+    ) -> "TrialSettings":  # fmt: skip
         """Settings from a stored or exported budget (``max_epochs``, ``patience``)."""
-        return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator)
+        return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator, tensorboard, experiment)
 
 
-def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback]) -> pl.Trainer:
-    """A trainer with every per-step extra off: no checkpoints, loggers, bars or summaries."""
+def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run") -> pl.Trainer:
+    """A trainer with every per-step extra off: no checkpoints, bars or summaries, and no logger
+    unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the experiment)."""
+    logger: Any = False
+    if settings.tensorboard:
+        from pytorch_lightning.loggers import TensorBoardLogger
+
+        logger = TensorBoardLogger(settings.tensorboard, name=settings.experiment, version=run_name, default_hp_metric=False)
     return pl.Trainer(
         max_epochs=settings.max_epochs,
         accelerator=settings.accelerator,
         devices=1,
-        logger=False,
+        logger=logger,
+        log_every_n_steps=1,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -130,6 +142,7 @@ def train_config(
     hook: EpochHook | None = None,
     stop_check: StopCheck | None = None,
     on_built: Callable[[PLEModule], None] | None = None,
+    run_name: str = "run",
 ) -> tuple[PLEModule, EpochRecorder, float]:
     """Train one config to its best validation epoch; returns the module (best weights loaded),
     the recorder and the training seconds."""
@@ -143,7 +156,10 @@ def train_config(
     recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
     data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
     start = time.perf_counter()
-    make_trainer(settings, [recorder]).fit(module, data)
+    trainer = make_trainer(settings, [recorder], run_name)
+    if trainer.logger:
+        trainer.logger.log_hyperparams(module.config)
+    trainer.fit(module, data)
     seconds = time.perf_counter() - start
     if recorder.best_state is None:
         raise TrialFailed("no epoch produced defined validation metrics")
@@ -173,7 +189,7 @@ def train_on_seeds(
 ) -> Iterator[SeedRun]:
     """Train ``hparams`` once per seed, yielding each run with validation (best epoch) and test metrics."""
     for seed in seeds:
-        module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook=hook(seed) if hook else None)
+        module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook=hook(seed) if hook else None, run_name=f"seed-{seed}")
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
 
 
@@ -210,7 +226,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
     cost: dict[str, Any] = {}
     module, recorder, seconds = train_config(
         hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check,
-        on_built=lambda module: _record_cost(trial, module, space, cost),
+        on_built=lambda module: _record_cost(trial, module, space, cost), run_name=f"trial-{trial.number}",
     )  # fmt: skip
     best = recorder.curve[recorder.best_epoch]
     trial.set_user_attr(HPARAMS, module.config)

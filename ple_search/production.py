@@ -33,7 +33,7 @@ from ple_search.module import PLEModule
 from ple_search.metrics import summarize
 from ple_search.record import objective_tasks
 from ple_search.serving import Engine, engine, export_onnx, onnx_available, torchscript
-from ple_search.objective import EpochHook, TrialSettings, score, train_on_seeds
+from ple_search.objective import EpochHook, SeedRun, TrialSettings, score, train_on_seeds
 
 METRICS, PREPROCESSOR, SCRIPTED, CONFIG, ONNX = "metrics.json", "preprocessor.json", "model.pt", "config.yaml", "model.onnx"
 
@@ -62,6 +62,8 @@ def train(
     max_epochs: int | None = None,
     accelerator: str = "cpu",
     hook: Callable[[int], EpochHook] | None = None,
+    tensorboard: str | None = None,
+    on_seed: Callable[[SeedRun], None] | None = None,
 ) -> dict[str, Any]:
     """Train ``config`` once per seed (early stopping on validation), evaluate on test and write
     ``out_dir`` atomically; returns the metrics written to ``metrics.json``.
@@ -74,6 +76,8 @@ def train(
         max_epochs: overrides the config's epoch budget.
         accelerator: Lightning's (``cpu``, ``gpu``, ``auto``).
         hook: ``hook(seed)`` gives each seed's per-epoch callback.
+        tensorboard: a folder for Lightning's TensorBoard logger (one version per seed).
+        on_seed: called with each finished seed's run (experiment tracking).
     """
     if out_dir.exists():
         raise ConfigError(f"output folder {out_dir} already exists; pass another --out")
@@ -81,12 +85,15 @@ def train(
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
     tasks = objective_tasks(dataset.schema, config.get("objectives") or dataset.schema.task_names, "the config")
     training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
-    settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator)
+    study = (config.get("provenance") or {}).get("study", "model")
+    settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study}-train")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     try:
         runs, best = {}, None
         for run in train_on_seeds(config["hparams"], dataset, settings, range(seeds), hook=hook):
+            if on_seed is not None:
+                on_seed(run)
             runs[run.seed] = {"val": run.val, "test": run.test, "best_epoch": run.recorder.best_epoch + 1, "train_seconds": round(run.seconds, 3)}
             (work / f"seed-{run.seed}").mkdir()
             run.module.trainer.save_checkpoint(work / f"seed-{run.seed}" / "best.ckpt")

@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.cost import Budget
-from ple_search.errors import StorageError
+from ple_search.errors import ConfigError, StorageError
 from ple_search.pareto import hypervolume, nondominated_ranks
 from ple_search.record import (
     BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
@@ -42,6 +42,9 @@ def architecture(hp: dict[str, Any], num_tasks: int) -> str:
     return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {hp['loss_weighting']}"
 
 
+TASK_METRICS = ("auc", "rmse")
+
+
 def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list[float], test: dict[str, Any], epochs_key: str) -> dict[str, Any]:
     hp = trial.user_attrs.get(HPARAMS, {})
     names = record.objectives
@@ -51,7 +54,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
         "rank": rank,
         "pareto": rank == 0,
         "values": dict(zip(names, values)),
-        "test": {k: test.get(k) for k in names},
+        "test": {k: test.get(k) for k in record.task_objectives()},  # a serving cost has no test value
         "architecture": architecture(hp, len(record.schema["tasks"])) if hp else "",
         "n_params": trial.user_attrs.get(N_PARAMS),
         "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
@@ -162,10 +165,11 @@ def _fmt(value: Any, std: Any = None) -> str:
 def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and cells shared by the table, markdown and CSV renderings."""
     names = [o["name"] for o in data["objectives"]]
+    tasks = [o["name"] for o in data["objectives"] if o["metric"] in TASK_METRICS]
     transfer = data.get("baselines") is not None
     rank_name = "on front" if data.get("view") == "confirmed" else "rank"
-    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in names]]
-    header += [*[f"gain {n}" for n in names], "transfer"] if transfer else []
+    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in tasks]]
+    header += [*[f"gain {n}" for n in tasks], "transfer"] if transfer else []
     header += ["architecture", "params", "epochs", "train s"]
     costs = any("cost" in r for r in data["trials"])
     latency = any("latency_ms" in r.get("cost", {}) for r in data["trials"])
@@ -175,9 +179,9 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
         row = [str(r["number"]), rank]
         row += [_fmt(r["values"][n], (r.get("values_std") or {}).get(n)) for n in names]
-        row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in names]
+        row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in tasks]
         if transfer:
-            row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in names] + [r.get("transfer") or "-"]
+            row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in tasks] + [r.get("transfer") or "-"]
         seconds = r["train_seconds"]
         row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
         cost = r.get("cost", {})
@@ -224,10 +228,37 @@ def render(data: dict[str, Any], fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(study: optuna.Study, path: str) -> None:
-    """PNG (matplotlib) or HTML (plotly). Two objectives: dominated, Pareto and pruned trials (at
-    their last rung's vector); more: Optuna's Pareto or parallel-coordinate plots."""
+COST_AXES = {"params": "params", "flops": "flops", "latency": "latency_ms", "latency_ms": "latency_ms"}
+
+
+def _axis_value(row: dict[str, Any], name: str) -> float:
+    value = row["values"].get(name, row.get("cost", {}).get(name))
+    return math.nan if value is None else float(value)
+
+
+def plot_axes(study: optuna.Study, path: str | None, axes_names: tuple[str | None, str | None]) -> list[str]:
+    """The two axes a ``--x``/``--y`` plot draws (objective names or stored cost keys), or a
+    ``ConfigError`` saying what is allowed (checked before anything is printed or drawn)."""
+    objectives = StudyRecord.from_study(study).objectives
+    allowed = [*objectives, *COST_AXES]
+    if not path or None in axes_names:
+        raise ConfigError("--x and --y go together, with --plot FILE.png")
+    bad = [a for a in axes_names if a not in allowed]
+    if bad:
+        raise ConfigError(f"--x/--y {bad[0]!r}: use an objective or a serving cost: {', '.join(dict.fromkeys(allowed))}")
+    if path.endswith(".html"):
+        raise ConfigError("--x/--y draw PNG plots; name a .png file")
+    return [a if a in objectives else COST_AXES[a] for a in axes_names]
+
+
+def plot(study: optuna.Study, path: str, axes_names: tuple[str, str] | None = None) -> None:
+    """PNG (matplotlib) or HTML (plotly). Two axes (the two objectives, or ``axes_names``: any
+    objective or serving cost, e.g. ``("latency_ms", "income")``): dominated, Pareto and pruned
+    trials (at their last rung's vector); more objectives: Optuna's Pareto or parallel-coordinate
+    plots. The front is always that of every objective."""
     names = StudyRecord.from_study(study).objectives
+    if axes_names is not None:
+        names = plot_axes(study, path, axes_names)
     if path.endswith(".html"):
         try:
             figure = optuna.visualization.plot_pareto_front(study, target_names=names, include_dominated_trials=True)
@@ -240,7 +271,7 @@ def plot(study: optuna.Study, path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if len(names) != 2:
+    if len(names) != 2 and axes_names is None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if len(names) == 3:
@@ -258,10 +289,10 @@ def plot(study: optuna.Study, path: str) -> None:
         ]
         for label, rows, style in groups:
             if rows:
-                axes.scatter([r["values"][names[0]] for r in rows], [r["values"][names[1]] for r in rows], label=f"{label} ({len(rows)})", **style)
-        metrics = {o["name"]: o["metric"] for o in data["objectives"]}
-        axes.set_xlabel(f"validation {metrics[names[0]]} {names[0]}")
-        axes.set_ylabel(f"validation {metrics[names[1]]} {names[1]}")
+                axes.scatter([_axis_value(r, names[0]) for r in rows], [_axis_value(r, names[1]) for r in rows], label=f"{label} ({len(rows)})", **style)
+        metrics = {o["name"]: f"validation {o['metric']}" for o in data["objectives"] if o["metric"] in TASK_METRICS}
+        axes.set_xlabel(f"{metrics.get(names[0], 'serving')} {names[0]}")
+        axes.set_ylabel(f"{metrics.get(names[1], 'serving')} {names[1]}")
         axes.set_title(f"study {study.study_name}: hypervolume {data['hypervolume']:.5f}")
         axes.legend()
         axes.grid(alpha=0.3)

@@ -180,3 +180,17 @@ def test_pareto_and_export_view_and_pick_under_a_budget(tmp_path, capsys):
     assert "leaves out" in capsys.readouterr().err
     assert main(["pareto", "--study", "c", "--storage", storage, "--max-params", "1"]) == 2
     assert "no finished trial of study 'c' is within the budget (params <= 1)" in capsys.readouterr().err
+
+
+def test_a_cost_view_plots_any_two_axes_and_refuses_others_before_printing(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, serving={"batch_size": 32, "repeats": 3, "warmup": 1})
+    assert run(space, storage, 2) == 0
+    png = tmp_path / "view.png"
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--plot", str(png), "--x", "latency", "--y", "y1"]) == 0
+    assert png.stat().st_size > 1000
+    for extra, message in ((["--x", "latency"], "--x and --y go together"), (["--plot", str(png), "--x", "speed", "--y", "y1"], "--x/--y 'speed': use an objective or a serving cost: y1, y2, params")):
+        capsys.readouterr()
+        assert main(["pareto", "--study", "c", "--storage", storage, *extra]) == 2
+        captured = capsys.readouterr()
+        assert message in captured.err and captured.out == ""

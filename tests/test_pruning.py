@@ -122,9 +122,9 @@ SPACE = {
 }  # fmt: skip
 
 
-def run_pruned(tmp_path, *extra, trials=8):
+def run_pruned(tmp_path, *extra, trials=8, space=SPACE):
     path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(SPACE))
+    path.write_text(yaml.safe_dump(space))
     storage = str(tmp_path / "s.journal")
     argv = ["run", "--study", "pr", "--space", str(path), "--trials", str(trials), "--storage", storage, "--quiet", "--threads", "1", *extra]
     assert main(argv) == 0
@@ -148,7 +148,8 @@ def test_a_pruned_study_finishes_its_target_and_reports_pruned_trials(tmp_path, 
 
 @pytest.mark.slow
 def test_pruning_works_with_two_workers(tmp_path):
-    _, study = run_pruned(tmp_path, "--jobs", "2")
+    slower = {**SPACE, "dataset": {"name": "synthetic", "options": {"n": 6000, "d": 6}}}  # trials of a second or so: both workers get some
+    _, study = run_pruned(tmp_path, "--jobs", "2", space=slower)
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") + states.count("COMPLETE") == 8 and "RUNNING" not in states
     assert len({t.user_attrs.get("worker") for t in study.trials}) == 2

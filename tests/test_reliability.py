@@ -199,6 +199,13 @@ def test_atomic_writes_fsync_the_file_and_its_folder(tmp_path, monkeypatch):
     assert synced[-1] == str(target.parent)  # the rename itself
 
 
+def test_atomic_writes_get_a_normal_files_mode(tmp_path):
+    files.atomic_write_text(tmp_path / "report.md", "x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "report.md").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
 def test_writing_over_a_folder_is_refused_before_anything_is_written(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()
