@@ -194,3 +194,19 @@ def test_a_cost_view_plots_any_two_axes_and_refuses_others_before_printing(tmp_p
         assert main(["pareto", "--study", "c", "--storage", storage, *extra]) == 2
         captured = capsys.readouterr()
         assert message in captured.err and captured.out == ""
+
+
+@pytest.mark.slow
+def test_baselines_and_confirm_work_on_a_study_with_a_cost_objective(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, objectives=["y1", "y2", {"cost": "params"}])
+    assert run(space, storage, 3) == 0
+    assert main(["baselines", "--study", "c", "--storage", storage, "--trials", "1", "--seeds", "1", "--threads", "1"]) == 0
+    assert main(["confirm", "--study", "c", "--storage", storage, "--top", "1", "--seeds", "1", "--threads", "1"]) == 0
+    study = load(storage)
+    assert set(study.user_attrs["baselines"]) == {"y1", "y2"}  # tasks only: a cost has no single-task model
+    (number, confirmed), = study.user_attrs["confirmed"]["trials"].items()
+    assert confirmed["val_mean"]["params"] == study.trials[int(number)].user_attrs["cost"]["params"] and confirmed["val_std"]["params"] == 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["trials"]
+    assert all(set(r["gain"]) == {"y1", "y2"} and r["transfer"] for r in rows)
