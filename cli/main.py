@@ -169,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--trials", type=COUNT, default=20, help="trials of each single-task search")
     baselines.add_argument("--seeds", type=COUNT, default=3, help="seeds the best single-task config is retrained on")
     baselines.add_argument("--data-dir", help="folder holding the census files")
+    baselines.add_argument("--no-gbdt", action="store_true", help="skip the gradient-boosted trees yardstick")
     baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     _tracking_args(baselines)
 
@@ -418,6 +419,11 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     results = run_baselines(study, storage, dataset, args.trials, seeds=args.seeds, reporter=reporter, tensorboard=args.tensorboard)
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
+    if not args.no_gbdt:
+        from ple_search.baselines import run_gbdt
+
+        for task, g in run_gbdt(study, dataset, args.seeds).items():
+            err.print(f"GBDT {task}: test {g['test_mean']:.4f} +- {g['test_std']:.4f} over {g['seeds']} seeds ({g['model']}, {g['params']})")
     err.print(f"stored in study {args.study}; `ple-search pareto --study {args.study}` now shows MTL gains")
     return 0
 

@@ -17,7 +17,7 @@ import optuna
 from ple_search.data import Dataset
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.record import HPARAMS, StudyRecord, write_baselines
+from ple_search.record import HPARAMS, StudyRecord, write_baselines, write_gbdt
 from ple_search.progress import Reporter
 from ple_search.search import open_study, run_search
 from ple_search.space import SearchSpace, parse_space
@@ -34,6 +34,16 @@ def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace
             (raw.get(section) or {}).pop(key, None)
     raw["enqueue"] = [{k: v for k, v in config.items() if k not in WEIGHTING_KEYS} for config in raw.get("enqueue") or []]
     return parse_space(raw, where)
+
+
+def run_gbdt(study: optuna.Study, dataset: Dataset, seeds: int) -> dict[str, Any]:
+    """The GBDT yardstick for every task objective of ``study``; stored and returned."""
+    from ple_search.gbdt import fit_gbdt
+
+    record = StudyRecord.from_study(study)
+    results = fit_gbdt(dataset, record.task_objectives(), seeds)
+    write_gbdt(study, {**record.gbdt, **results})
+    return results
 
 
 def baseline_study_name(study: str, task: str) -> str:

@@ -11,6 +11,8 @@ Study user attributes:
   its hparams and the fresh-seed means and stds.
 * ``confirmed`` (``CONFIRMED_KEY``), by ``confirm``: per trial, fresh-seed means and stds and
   whether it stays on the front.
+* ``gbdt`` (``GBDT_KEY``), by ``baselines``: per task, the gradient-boosted trees yardstick's
+  chosen config and its test mean and std over seeds (``gbdt.py``).
 
 Trial user attributes: the names in ``TRIAL_KEYS`` below, written by the training engine
 (``objective.run_trial``), the search loop (``search``) and the pruner (``pruning``).
@@ -30,6 +32,7 @@ from ple_search.errors import StorageError
 META_KEY = "ple_search"
 BASELINES_KEY = "baselines"
 CONFIRMED_KEY = "confirmed"
+GBDT_KEY = "gbdt"
 
 # Trial user attributes.
 HPARAMS = "hparams"  # the full resolved hyperparameter dict
@@ -100,6 +103,7 @@ class StudyRecord:
     space_file: str | None = None
     baselines: dict[str, Any] = field(default_factory=dict)
     confirmed: dict[str, Any] = field(default_factory=dict)
+    gbdt: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the stored dict itself
 
     @classmethod
@@ -114,7 +118,8 @@ class StudyRecord:
             budget=dict(meta.get("budget") or {}), dataset=dict(meta.get("dataset") or {}), split=meta.get("split"),
             space=dict(meta.get("space") or {}), space_file=meta.get("space_file"),
             baselines=dict(study.user_attrs.get(BASELINES_KEY) or {}),
-            confirmed=dict(study.user_attrs.get(CONFIRMED_KEY) or {}), meta=dict(meta),
+            confirmed=dict(study.user_attrs.get(CONFIRMED_KEY) or {}), gbdt=dict(study.user_attrs.get(GBDT_KEY) or {}),
+            meta=dict(meta),
         )  # fmt: skip
 
     def task_objectives(self) -> list[str]:
@@ -137,6 +142,10 @@ def write_meta(study: optuna.Study, meta: Mapping[str, Any]) -> None:
 
 def write_baselines(study: optuna.Study, baselines: Mapping[str, Any]) -> None:
     study.set_user_attr(BASELINES_KEY, dict(baselines))
+
+
+def write_gbdt(study: optuna.Study, gbdt: Mapping[str, Any]) -> None:
+    study.set_user_attr(GBDT_KEY, dict(gbdt))
 
 
 def write_confirmed(study: optuna.Study, confirmed: Mapping[str, Any]) -> None:

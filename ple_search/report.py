@@ -76,6 +76,22 @@ def _add_transfer(rows: list[dict[str, Any]], baselines: dict[str, Any], directi
         row["transfer"] = transfer_label(list(row["gain"].values())) if len(single) == len(directions) else None
 
 
+def _add_gbdt_gain(rows: list[dict[str, Any]], gbdt: dict[str, Any], directions: dict[str, str]) -> None:
+    """Per row with test metrics: the gain against the GBDT yardstick (positive = the network is better)."""
+    from ple_search.transfer import gains
+
+    trees = {task: g["test_mean"] for task, g in gbdt.items() if task in directions}
+    for row in rows:
+        if all(row["test"].get(t) is not None for t in trees):
+            row["gain_vs_gbdt"] = gains(row["test"], trees, directions)
+
+
+def _gbdt_summary(gbdt: dict[str, Any], on_front: list[dict[str, Any]]) -> dict[str, Any]:
+    beats = sum(1 for r in on_front if "gain_vs_gbdt" in r and all(g >= 0 for g in r["gain_vs_gbdt"].values()))
+    shown = {t: {"test_mean": g["test_mean"], "test_std": g["test_std"], "seeds": g["seeds"], "model": g["model"], "params": g["params"]} for t, g in gbdt.items()}
+    return {"gbdt": shown, "beats_gbdt": beats}
+
+
 def _search_rows(record: StudyRecord, trials: list[FrozenTrial], ranks: np.ndarray, include_all: bool) -> list[dict[str, Any]]:
     """The search view: front trials (every finished trial with ``include_all``) at their best epoch."""
     return [
@@ -133,9 +149,11 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
     else:
         rows = _search_rows(record, trials, ranks, include_all) + (_pruned_rows(record, study) if include_all else [])
     baselines = record.baselines
+    task_directions = {n: d for n, d in zip(names, directions) if n in set(record.task_objectives())}
     if baselines:
-        tasks = set(record.task_objectives())
-        _add_transfer(rows, baselines, {n: d for n, d in zip(names, directions) if n in tasks})
+        _add_transfer(rows, baselines, task_directions)
+    if record.gbdt:
+        _add_gbdt_gain(rows, record.gbdt, task_directions)
     sign = -1.0 if directions[0] == "maximize" else 1.0
     rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
     on_front = [r for r in rows if r["rank"] == 0]
@@ -150,6 +168,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
         "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
         **({"budget": {"limits": budget.to_dict(), "excluded": excluded}} if budget else {}),
+        **(_gbdt_summary(record.gbdt, on_front) if record.gbdt else {}),
         "trials": rows,
     }
 
@@ -170,6 +189,8 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     rank_name = "on front" if data.get("view") == "confirmed" else "rank"
     header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in tasks]]
     header += [*[f"gain {n}" for n in tasks], "transfer"] if transfer else []
+    trees = "gbdt" in data
+    header += [f"vs GBDT {n}" for n in tasks] if trees else []
     header += ["architecture", "params", "epochs", "train s"]
     costs = any("cost" in r for r in data["trials"])
     latency = any("latency_ms" in r.get("cost", {}) for r in data["trials"])
@@ -182,6 +203,8 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in tasks]
         if transfer:
             row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in tasks] + [r.get("transfer") or "-"]
+        if trees:
+            row += [f"{r['gain_vs_gbdt'][n]:+.4f}" if n in r.get("gain_vs_gbdt", {}) else "-" for n in tasks]
         seconds = r["train_seconds"]
         row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
         cost = r.get("cost", {})
@@ -206,9 +229,11 @@ def summary_line(data: dict[str, Any]) -> str:
     if data.get("view") == "confirmed":
         on_front = sum(r["rank"] == 0 for r in data["trials"])
         line += f"; confirmed on fresh seeds: {on_front} of {len(data['trials'])} stay non-dominated"
+    shown = sum(r["rank"] == 0 for r in data["trials"])
+    if "gbdt" in data:
+        line += f"; {data['beats_gbdt']} of {shown} Pareto trials beat GBDT on every task"
     if data.get("baselines") is None:
         return line + f"; no single-task baselines yet (add them: ple-search baselines --study {data['study']})"
-    shown = sum(r["rank"] == 0 for r in data["trials"])
     return line + f"; {data['beats_single_task']} of {shown} Pareto trials beat single-task on every task"
 
 

@@ -49,3 +49,16 @@ def user_table(folder, n: int = 400, seed: int = 0):
         "split: {column: split}\n"
     )
     return folder / "events.yaml"
+
+
+def tiny_space(epochs: int = 1, **extra):
+    """A search space over the synthetic data small enough for a CLI test: 800 rows, a random
+    sampler, ``epochs`` epochs, a searched learning rate; ``extra`` keys replace or add sections."""
+    return {
+        "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
+        "sampler": {"name": "random", "seed": 0},
+        "budget": {"max_epochs": epochs, "patience": epochs},
+        "fixed": {"batch_size": 128},
+        "params": {"lr": {"type": "float", "low": 0.001, "high": 0.01}},
+        **extra,
+    }

@@ -10,6 +10,7 @@ import torch
 import yaml
 from torch.utils.flop_counter import FlopCounterMode
 
+from helpers import tiny_space
 from ple_search.cli.main import main
 from ple_search.cost import Serving, measure_costs
 from ple_search.data.schema import Schema, Task
@@ -67,14 +68,10 @@ def test_onnx_runtime_outputs_equal_the_eager_model(batch):
 
 
 def test_every_trial_stores_its_cost_and_pareto_shows_it(tmp_path, capsys):
-    space = {
-        "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
-        "sampler": {"name": "random", "seed": 0},
-        "budget": {"max_epochs": 1, "patience": 1},
-        "fixed": {"batch_size": 128},
-        "params": {"expert_hidden": {"type": "categorical", "choices": [[4], [32]]}, "lr": {"type": "float", "low": 0.001, "high": 0.01}},
-        "serving": {"batch_size": 64, "threads": 1, "repeats": 5, "warmup": 1},
-    }
+    space = tiny_space(
+        params={"expert_hidden": {"type": "categorical", "choices": [[4], [32]]}, "lr": {"type": "float", "low": 0.001, "high": 0.01}},
+        serving={"batch_size": 64, "threads": 1, "repeats": 5, "warmup": 1},
+    )
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     storage = str(tmp_path / "s.journal")
     assert main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "3", "--storage", storage, "--quiet", "--threads", "1"]) == 0
@@ -101,14 +98,11 @@ def test_without_serving_settings_a_trial_stores_params_and_flops_but_spends_no_
 
 
 def cost_space(tmp_path, **extra):
-    space = {
-        "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
-        "sampler": {"name": "tpe", "seed": 0},
-        "budget": {"max_epochs": 1, "patience": 1},
-        "fixed": {"batch_size": 128, "levels": 1},
+    space = tiny_space(**{
+        "sampler": {"name": "tpe", "seed": 0}, "fixed": {"batch_size": 128, "levels": 1},
         "params": {"expert_hidden": {"type": "categorical", "choices": [[4], [64]]}, "lr": {"type": "float", "low": 0.001, "high": 0.01}},
         **extra,
-    }
+    })  # fmt: skip
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
     return str(tmp_path / "space.yaml"), str(tmp_path / "s.journal")
 

@@ -6,18 +6,13 @@ import json
 import pytest
 import yaml
 
+from helpers import tiny_space
 from ple_search.cli.main import main
 
 mlflow = pytest.importorskip("mlflow", reason="the track extra (mlflow-skinny, tensorboard) is not installed; CI installs it")
 pytest.importorskip("tensorboard", reason="the track extra (mlflow-skinny, tensorboard) is not installed; CI installs it")
 
-SPACE = {
-    "dataset": {"name": "synthetic", "options": {"n": 800, "d": 5}},
-    "sampler": {"name": "random", "seed": 0},
-    "budget": {"max_epochs": 2, "patience": 2},
-    "fixed": {"batch_size": 128},
-    "params": {"lr": {"type": "float", "low": 0.001, "high": 0.01}},
-}
+SPACE = tiny_space(epochs=2)
 
 
 def scalars(folder, tag):
