@@ -19,6 +19,8 @@ from ple_search.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw")
+NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
+BIN_CHOICES = (2, 4, 8, 16, 32, 64)
 WIDTH_KEYS = ("expert_hidden", "gate_hidden", "tower_hidden")
 
 
@@ -68,7 +70,11 @@ class PLEConfig:
     dropout: float = 0.0
     activation: str = "relu"
     # The module around it (PLEModule).
-    embedding_dim: int = 4  # per categorical feature
+    embedding_dim: int = 4  # per categorical feature (and per numeric one, with a numeric encoding)
+    numeric_encoding: str = "standard"  # standard | quantile | piecewise | periodic (Gorishniy et al., 2022)
+    numeric_bins: int = 16  # quantile, piecewise: bins at train-split quantiles (a divisor of 64)
+    periodic_frequencies: int = 16  # periodic: k learned frequencies per feature
+    periodic_sigma: float = 1.0  # periodic: std of the frequencies' initialisation
     loss_weighting: str = "equal"  # a name of weighting.SCHEMES
     task_weights: Any = None  # fixed weights / scheduled w_k0 (number, list or {task: w})
     schedule_gamma: float = 0.95  # scheduled: w_k(t) = w_k0 * gamma_k^t per epoch
@@ -107,6 +113,12 @@ class PLEConfig:
         for key in WIDTH_KEYS:
             setattr(self, key, check_widths(key, getattr(self, key), allow_empty=key != "expert_hidden"))
         check_int("embedding_dim", self.embedding_dim, 1)
+        if self.numeric_encoding not in NUMERIC_ENCODINGS:
+            raise _invalid("numeric_encoding", self.numeric_encoding, f"must be one of {list(NUMERIC_ENCODINGS)}")
+        if self.numeric_bins not in BIN_CHOICES:
+            raise _invalid("numeric_bins", self.numeric_bins, f"must be one of {list(BIN_CHOICES)} (bins sit at 1/64 quantiles)")
+        check_int("periodic_frequencies", self.periodic_frequencies, 1)
+        self.periodic_sigma = _number("periodic_sigma", self.periodic_sigma)
         check_int("batch_size", self.batch_size, 1)
         for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True)):
             setattr(self, key, _number(key, getattr(self, key), allow_zero=allow_zero))

@@ -172,3 +172,21 @@ def test_every_predict_engine_gives_the_eager_outputs(study, tmp_path, capsys):
     assert main(["predict", "--model", str(out), "--input", str(tmp_path / "rows.csv"), "--engine", "onnx"]) == 0
     printed = pd.read_csv(__import__("io").StringIO(capsys.readouterr().out))
     np.testing.assert_allclose(printed.to_numpy(), eager.to_numpy(), atol=1e-5, rtol=0)
+
+
+@pytest.mark.slow
+def test_a_numeric_encoding_predicts_raw_rows_exactly_as_trained(study, tmp_path):
+    folder, _ = study
+    export(study, tmp_path, "--pick", "knee")
+    config = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    config["hparams"].update(numeric_encoding="piecewise", numeric_bins=8)
+    (tmp_path / "piecewise.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(tmp_path / "piecewise.yaml"), "--seeds", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    module, preprocessor = ple_search.load_trained(out)
+    assert module.encoder.numeric is not None and module.schema.numeric_quantiles  # edges travel with the model
+    raw = pd.read_csv(folder / "events.csv", dtype=str, keep_default_na=False)
+    rows = raw[raw.split == "test"]
+    probs = predict(module, preprocessor, rows, run=load_engine(out, "torchscript", module))
+    assert abs(roc_auc_score((rows.click == "yes").astype(int), probs["click"]) - metrics["runs"]["0"]["test"]["click"]) < 1e-6

@@ -57,6 +57,7 @@ class Dataset:
         self.schema = Schema(
             self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric,
             tuple(_with_label_scale(t, self.train.labels[:, k]) for k, t in enumerate(self.schema.tasks)),
+            numeric_quantiles(self.train.num),
         )  # fmt: skip
 
     def split(self, name: str) -> Split:
@@ -86,6 +87,19 @@ class Dataset:
                         f"{where}: task '{task.name}' has only one class ({float(known[0]):g}) in the "
                         f"{name} split, so its AUC is undefined; use more data or another split"
                     )
+
+
+QUANTILE_LEVELS = 64  # numeric_bins must divide it
+
+
+def numeric_quantiles(train_numeric: torch.Tensor) -> tuple[tuple[float, ...], ...]:
+    """Per numeric column, the train split's quantiles at levels k / QUANTILE_LEVELS (rounded to
+    float32, the precision the model compares in): bin edges fitted on train only."""
+    if train_numeric.numel() == 0:
+        return ()
+    levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS + 1)
+    values = np.quantile(train_numeric.numpy().astype(np.float64), levels, axis=0).astype(np.float32)  # [levels, F]
+    return tuple(tuple(float(v) for v in column) for column in values.T)
 
 
 def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:

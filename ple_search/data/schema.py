@@ -45,6 +45,9 @@ class Schema:
     vocab_sizes: tuple[int, ...] = ()
     numeric: tuple[str, ...] = ()
     tasks: tuple[Task, ...] = field(default_factory=tuple)
+    # Per numeric feature, its train-split quantiles at levels 0, 1/64, ..., 1 (of the standardised
+    # values the model sees): the bin edges of the quantile and piecewise-linear encodings.
+    numeric_quantiles: tuple[tuple[float, ...], ...] = ()
 
     @property
     def task_names(self) -> list[str]:
@@ -57,6 +60,7 @@ class Schema:
             "vocab_sizes": list(self.vocab_sizes),
             "numeric": list(self.numeric),
             "tasks": [t.to_dict() for t in self.tasks],
+            **({"numeric_quantiles": [list(q) for q in self.numeric_quantiles]} if self.numeric_quantiles else {}),
         }
 
     @classmethod
@@ -68,4 +72,5 @@ class Schema:
             vocab_sizes=tuple(int(v) for v in data.get("vocab_sizes", ())),
             numeric=tuple(data.get("numeric", ())),
             tasks=tuple(Task(t["name"], t["type"], float(t.get("shift", 0.0)), float(t.get("scale", 1.0))) for t in data["tasks"]),
+            numeric_quantiles=tuple(tuple(float(v) for v in q) for q in data.get("numeric_quantiles", ())),
         )
