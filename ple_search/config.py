@@ -80,6 +80,7 @@ class PLEConfig:
     schedule_gamma: float = 0.95  # scheduled: w_k(t) = w_k0 * gamma_k^t per epoch
     dwa_temperature: float = 2.0  # DWA (Liu et al. 2019)
     gradnorm_alpha: float = 1.5  # GradNorm (Chen et al. 2018)
+    cagrad_c: float = 0.5  # CAGrad (Liu et al. 2021): how far from the average gradient, c >= 0
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
@@ -120,7 +121,7 @@ class PLEConfig:
         check_int("periodic_frequencies", self.periodic_frequencies, 1)
         self.periodic_sigma = _number("periodic_sigma", self.periodic_sigma)
         check_int("batch_size", self.batch_size, 1)
-        for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True)):
+        for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True), ("cagrad_c", True)):
             setattr(self, key, _number(key, getattr(self, key), allow_zero=allow_zero))
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")

@@ -191,8 +191,166 @@ class GradNorm(LossWeighting):
         return weighted + surrogate - surrogate.detach()
 
 
+class RandomLossWeighting(LossWeighting):
+    """Lin et al. 2022 (RLW): every step draws weights w = T softmax(z), z ~ N(0, I); a strong
+    baseline that the learned schemes should beat."""
+
+    name = "rlw"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.register_buffer("_weights", torch.ones(self.num_tasks), persistent=False)
+
+    def weights(self) -> Tensor:
+        return self._weights
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        if self.training and torch.is_grad_enabled():
+            self._weights = self.num_tasks * torch.softmax(torch.randn(self.num_tasks, device=losses.device), dim=0)
+        return (self._weights.to(losses) * losses).sum()
+
+
+def task_gradients(losses: Tensor, shared: Sequence[nn.Parameter]) -> Tensor:
+    """``[T, P]``: each task loss's gradient on the flattened shared parameters (one backward pass
+    per task, the graph kept for the real backward)."""
+    rows = []
+    for k in range(losses.numel()):
+        grads = torch.autograd.grad(losses[k], shared, retain_graph=True, allow_unused=True)
+        rows.append(torch.cat([(g if g is not None else torch.zeros_like(p)).flatten() for g, p in zip(grads, shared)]))
+    return torch.stack(rows)
+
+
+def min_norm_weights(gram: Tensor, iterations: int = 50) -> Tensor:
+    """The convex weights of the minimum-norm point of the gradients' convex hull, from their Gram
+    matrix ``[T, T]``: the closed form for two tasks, Frank-Wolfe (as MGDA) otherwise."""
+    t = gram.shape[0]
+    if t == 1:
+        return gram.new_ones(1)
+    if t == 2:
+        denominator = gram[0, 0] + gram[1, 1] - 2 * gram[0, 1]
+        a = ((gram[1, 1] - gram[0, 1]) / denominator).clamp(0.0, 1.0) if denominator > 0 else gram.new_tensor(0.5)
+        return torch.stack([a, 1 - a])
+    w = gram.new_full((t,), 1.0 / t)
+    for _ in range(iterations):
+        k = int(torch.argmin(gram @ w))
+        e = torch.zeros_like(w)
+        e[k] = 1.0
+        d = e - w
+        # exact line search on ||G(w + s d)||^2 over s in [0, 1]
+        denominator = d @ gram @ d
+        if denominator <= 0:
+            break
+        step = float((-(w @ gram @ d) / denominator).clamp(0.0, 1.0))
+        if step < 1e-8:
+            break
+        w = w + step * d
+    return w
+
+
+class GradientBalancing(LossWeighting):
+    """Base of the schemes that combine per-task gradients of the shared extraction network (the
+    experts and gates of every level, ``model.levels``) into one update direction. The returned
+    loss keeps each task's gradient on its own tower (and the summed gradient on the embeddings)
+    and carries the combined direction on the shared parameters through a value-neutral
+    surrogate. One extra backward pass per task per step (``bench/weighting.py``)."""
+
+    def weights(self) -> Tensor:
+        return self._last_weights
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.register_buffer("_last_weights", torch.ones(self.num_tasks), persistent=False)
+
+    def combine(self, grads: Tensor) -> Tensor:
+        """The update direction ``[P]`` for the shared parameters from the task gradients ``[T, P]``,
+        on the scale of their sum (what equal weighting would apply)."""
+        raise NotImplementedError
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        total = losses.sum()
+        if not (self.training and torch.is_grad_enabled() and losses.requires_grad):
+            return total
+        shared = [p for p in model.levels.parameters() if p.requires_grad]
+        grads = task_gradients(losses, shared)
+        correction = (self.combine(grads) - grads.sum(0)).detach()
+        surrogate, offset = losses.new_zeros(()), 0
+        for parameter in shared:
+            n = parameter.numel()
+            surrogate = surrogate + (parameter * correction[offset : offset + n].view_as(parameter)).sum()
+            offset += n
+        return total + surrogate - surrogate.detach()
+
+
+class PCGrad(GradientBalancing):
+    """Yu et al. 2020, gradient surgery: each task gradient, in turn, loses its component along
+    every other task gradient it conflicts with (negative inner product), in a random order; the
+    update is the sum of the projected gradients."""
+
+    name = "pcgrad"
+
+    def combine(self, grads: Tensor) -> Tensor:
+        projected = grads.clone()
+        for i in range(grads.shape[0]):
+            for j in torch.randperm(grads.shape[0]).tolist():
+                if j == i:
+                    continue
+                dot = projected[i] @ grads[j]
+                if dot < 0:
+                    projected[i] -= dot / grads[j].dot(grads[j]).clamp_min(1e-20) * grads[j]
+        return projected.sum(0)
+
+
+class MGDA(GradientBalancing):
+    """Sener & Koltun 2018 (MGDA): the update is the minimum-norm point of the convex hull of the
+    task gradients (a common descent direction), scaled by T. Computed on the shared extraction
+    network's parameters rather than MGDA-UB's shared representation: PLE has no single
+    representation that every task reads (each task's gate mixes its own)."""
+
+    name = "mgda"
+
+    def combine(self, grads: Tensor) -> Tensor:
+        weights = min_norm_weights(grads @ grads.T)
+        self._last_weights = self.num_tasks * weights.detach()
+        return self.num_tasks * (weights @ grads)
+
+
+class CAGrad(GradientBalancing):
+    """Liu et al. 2021 (conflict-averse gradient descent): d = g0 + sqrt(phi) g_w / ||g_w||, with
+    g0 the average gradient, phi = c^2 ||g0||^2 and w on the simplex minimising
+    g_w.g0 + sqrt(phi) ||g_w|| (projected gradient steps); scaled by T / (1 + c). c = 0 is the
+    average gradient (equal weighting)."""
+
+    name = "cagrad"
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.c = float(hparams.get("cagrad_c", DEFAULTS["cagrad_c"]))
+
+    def combine(self, grads: Tensor) -> Tensor:
+        t = grads.shape[0]
+        g0 = grads.mean(0)
+        if self.c == 0:
+            return t * g0
+        gram = (grads @ grads.T).double()
+        g0_norm = float(g0.double().norm())
+        sqrt_phi = self.c * g0_norm
+        logits = torch.zeros(t, dtype=torch.float64, requires_grad=True)
+        optimiser = torch.optim.Adam([logits], lr=0.1)
+        mean = torch.full((t,), 1.0 / t, dtype=torch.float64)
+        for _ in range(30):
+            w = torch.softmax(logits, 0)
+            objective = w @ gram @ mean + sqrt_phi * torch.sqrt(w @ gram @ w + 1e-12)
+            optimiser.zero_grad()
+            objective.backward()
+            optimiser.step()
+        w = torch.softmax(logits.detach(), 0).to(grads.dtype)
+        gw = w @ grads
+        direction = g0 + sqrt_phi / gw.norm().clamp_min(1e-12) * gw
+        return t * direction / (1 + self.c)
+
+
 SCHEMES: dict[str, type[LossWeighting]] = {
-    cls.name: cls for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm)
+    cls.name: cls for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad)
 }
 
 

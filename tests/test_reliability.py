@@ -110,7 +110,7 @@ def test_a_fresh_study_repeats_exactly_for_a_seed(tmp_path, space):
 @pytest.mark.slow
 def test_two_processes_joining_one_study_with_one_seed_propose_different_configs(tmp_path, space):
     raw = yaml.safe_load(space.read_text())
-    raw["budget"] = {"max_epochs": 20, "patience": 20}  # trials of a few seconds: both processes run some
+    raw["budget"] = {"max_epochs": 40, "patience": 40}  # trials of several seconds: both processes run some
     raw["dataset"]["options"]["n"] = 6000
     space.write_text(yaml.safe_dump(raw))
     storage = f"sqlite:///{tmp_path}/s.db"
