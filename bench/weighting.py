@@ -31,6 +31,7 @@ def main() -> None:
     dataset = load("synthetic", n=20_000, d=50, seed=0)
     settings = TrialSettings(list(dataset.schema.tasks), max_epochs=args.epochs, patience=args.epochs)
     steps = args.epochs * -(-len(dataset.train) // CONFIG["batch_size"])
+    train_config({**CONFIG, "loss_weighting": "equal"}, dataset, settings, 0)  # warm-up, untimed
     seconds = {}
     for name in SCHEMES:
         runs = [train_config({**CONFIG, "loss_weighting": name}, dataset, settings, seed)[2] for seed in range(args.repeats)]

@@ -349,8 +349,65 @@ class CAGrad(GradientBalancing):
         return t * direction / (1 + self.c)
 
 
+class AlignedMTL(GradientBalancing):
+    """Senushkin et al. 2023 (Aligned-MTL): the task gradients' matrix G is replaced by
+    sigma_min U V^T (all singular values equal to G's smallest non-zero one, so the system of
+    gradients has condition number 1); the update is the sum of the aligned gradients. Computed
+    from the Gram matrix G G^T = V L V^T: aligned = sigma_min V L^-1/2 V^T G."""
+
+    name = "aligned"
+
+    def aligned(self, grads: Tensor) -> Tensor:
+        gram = (grads @ grads.T).double()
+        values, vectors = torch.linalg.eigh(gram)
+        keep = values > values.max().clamp_min(1e-30) * 1e-10
+        values, vectors = values[keep], vectors[:, keep]
+        sigma_min = values.min().sqrt()
+        balance = sigma_min * vectors @ torch.diag(values.rsqrt()) @ vectors.T
+        return (balance.to(grads.dtype) @ grads)
+
+    def combine(self, grads: Tensor) -> Tensor:
+        return self.aligned(grads).sum(0)
+
+
+def nash_weights(gram: Tensor, iterations: int = 50) -> Tensor:
+    """alpha > 0 with (G G^T) alpha = 1 / alpha elementwise (Nash-MTL's bargaining solution),
+    by damped Newton steps on F(alpha) = M alpha - 1/alpha, kept positive."""
+    m = gram.double()
+    alpha = 1.0 / m.diagonal().clamp_min(1e-20).sqrt()
+    for _ in range(iterations):
+        residual = m @ alpha - 1.0 / alpha
+        if residual.abs().max() < 1e-10 * (1.0 / alpha).abs().max():
+            break
+        step = torch.linalg.solve(m + torch.diag(1.0 / alpha**2), residual)
+        scale = 1.0
+        while (alpha - scale * step).min() <= 0 and scale > 1e-6:
+            scale /= 2
+        alpha = alpha - scale * step
+    return alpha.to(gram.dtype)
+
+
+class NashMTL(GradientBalancing):
+    """Navon et al. 2022 (Nash-MTL): the update d = sum_k alpha_k g_k with alpha the Nash
+    bargaining solution, g_i . d = 1 / alpha_i for every task (solved iteratively, no solver
+    dependency); a task with a large gradient gets a small weight."""
+
+    name = "nash"
+
+    def combine(self, grads: Tensor) -> Tensor:
+        alpha = nash_weights(grads @ grads.T)
+        self._last_weights = alpha.detach()
+        direction = alpha @ grads
+        # The solution's norm does not shrink with the gradients (alpha ~ 1/|g|): like the paper's
+        # gradient clipping, the step is capped at the equal-weighting step's norm.
+        cap = grads.sum(0).norm()
+        norm = direction.norm()
+        return direction * (cap / norm) if norm > cap else direction
+
+
 SCHEMES: dict[str, type[LossWeighting]] = {
-    cls.name: cls for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad)
+    cls.name: cls
+    for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL)
 }
 
 

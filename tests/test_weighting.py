@@ -106,7 +106,9 @@ def test_every_scheme_trains_inside_the_module(name):
 
 # Gradient-based balancing: the defining property of each method on toy gradients, and that the
 # loss a scheme returns puts exactly the combined direction on the shared parameters.
-from ple_search.weighting import CAGrad, MGDA, PCGrad, RandomLossWeighting, min_norm_weights, task_gradients  # noqa: E402
+from ple_search.weighting import (  # noqa: E402
+    MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, RandomLossWeighting, min_norm_weights, nash_weights, task_gradients,
+)
 
 
 def conflicting(seed=0, tasks=2, dims=6):
@@ -145,7 +147,7 @@ def test_cagrad_with_c_zero_is_the_equal_weighting_update_and_otherwise_improves
     assert min(float(d @ g[k]) for k in range(2)) > min(float(g.sum(0) @ g[k]) for k in range(2))
 
 
-@pytest.mark.parametrize("scheme", [PCGrad, MGDA, CAGrad])
+@pytest.mark.parametrize("scheme", [PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL])
 def test_the_returned_loss_puts_the_combined_direction_on_the_shared_parameters(scheme):
     torch.manual_seed(0)
     model = PLE(4, 2, levels=2, experts_per_task=1, shared_experts=1)
@@ -173,3 +175,22 @@ def test_rlw_draws_new_weights_summing_to_the_task_count_every_step():
         weighting(losses, None)
         drawn.append(weighting.weights().clone())
     assert all(float(w.sum()) == pytest.approx(3.0) for w in drawn) and not torch.equal(drawn[0], drawn[1])
+
+
+@pytest.mark.parametrize("tasks", [2, 3])
+def test_aligned_mtl_makes_the_gradient_system_perfectly_conditioned(tasks):
+    g = torch.randn(tasks, 8, generator=torch.Generator().manual_seed(tasks), dtype=torch.float64)
+    aligned = AlignedMTL(["a"] * tasks, {}, PLE(4, tasks, levels=1)).aligned(g)
+    singular = torch.linalg.svdvals(aligned)
+    assert torch.allclose(singular, torch.linalg.svdvals(g).min().expand_as(singular), rtol=1e-6)
+    assert all(float(aligned.sum(0) @ g[k]) > 0 for k in range(tasks))  # a common descent direction
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_nash_weights_solve_the_bargaining_condition(seed):
+    g = torch.randn(3, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    alpha = nash_weights(g @ g.T)
+    d = alpha @ g
+    assert (alpha > 0).all()
+    assert torch.allclose(g @ d, 1.0 / alpha, rtol=1e-6)
+    assert NashMTL(["a", "b", "c"], {}, PLE(4, 3, levels=1)).combine(g.float()).shape == (6,)
