@@ -47,6 +47,14 @@ def _number(kind: type, minimum: float, *, strict: bool = False) -> Callable[[st
     return parse
 
 
+def _device_list(text: str) -> list[str]:
+    """``--devices 0,1,3``: GPU indices for the ``--jobs`` workers."""
+    parts = [p.strip() for p in text.split(",")]
+    if not parts or not all(p.isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"{text!r}: give GPU indices separated by commas, e.g. 0,1")
+    return parts
+
+
 def _output_file(text: str) -> str:
     """An argparse type: a file to write, never an existing folder."""
     if Path(text).is_dir():
@@ -123,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
     run.add_argument("--jobs", type=COUNT, default=1, help="worker processes on this machine sharing the study")
+    run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
     run.add_argument("--storage-retry", type=RETRY_SECONDS, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
@@ -169,6 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--trials", type=COUNT, default=20, help="trials of each single-task search")
     baselines.add_argument("--seeds", type=COUNT, default=3, help="seeds the best single-task config is retrained on")
     baselines.add_argument("--data-dir", help="folder holding the census files")
+    baselines.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
     baselines.add_argument("--no-gbdt", action="store_true", help="skip the gradient-boosted trees yardstick")
     baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     _tracking_args(baselines)
@@ -181,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=COUNT, default=5)
     confirm.add_argument("--data-dir", help="folder holding the census files")
     confirm.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    confirm.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
     _tracking_args(confirm)
 
     predict = sub.add_parser("predict", help="score raw rows with a trained model")
@@ -258,13 +269,27 @@ def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
     err.print(f"resume with: {_resume_hint(argv)}")
 
 
+def _worker_devices(args: argparse.Namespace) -> list[str] | None:
+    """``--devices``, else every visible GPU when the run may use one, else None (CPU)."""
+    if args.devices:
+        return args.devices
+    if args.accelerator in ("gpu", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            return [str(i) for i in range(torch.cuda.device_count())]
+    return None
+
+
 def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads: int) -> int:
     from ple_search.parallel import run_workers
     from ple_search.progress import WorkersReporter
 
     reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
     with reporter:
-        errors, interrupted = run_workers(argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick)
+        errors, interrupted = run_workers(
+            argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick, devices=_worker_devices(args),
+        )  # fmt: skip
     if interrupted:
         _print_resume(study, args, argv)
         return 0
@@ -416,7 +441,9 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
         return TrackingReporter(LogReporter(single, trials, err), tracker, StudyRecord.from_study(single).objectives)
 
-    results = run_baselines(study, storage, dataset, args.trials, seeds=args.seeds, reporter=reporter, tensorboard=args.tensorboard)
+    results = run_baselines(
+        study, storage, dataset, args.trials, seeds=args.seeds, reporter=reporter, tensorboard=args.tensorboard, accelerator=args.accelerator,
+    )  # fmt: skip
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
     if not args.no_gbdt:
@@ -437,7 +464,7 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds")
     tracker = _tracker(args, args.study)
     on_runs = (lambda trial, runs: tracker.log_seeds("confirm", trial.user_attrs[HPARAMS], runs, {"trial": trial.number})) if tracker else None
-    result = run_confirm(study, dataset, trials, args.seeds, tensorboard=args.tensorboard, on_runs=on_runs)
+    result = run_confirm(study, dataset, trials, args.seeds, accelerator=args.accelerator, tensorboard=args.tensorboard, on_runs=on_runs)
     stay = [n for n, c in result["trials"].items() if c["on_front"]]
     err.print(f"non-dominated on the seed means: trials {stay}; `ple-search pareto --study {args.study} --confirmed` shows them")
     return 0

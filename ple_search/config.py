@@ -19,6 +19,7 @@ from ple_search.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw")
+PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
 BIN_CHOICES = (2, 4, 8, 16, 32, 64)
 WIDTH_KEYS = ("expert_hidden", "gate_hidden", "tower_hidden")
@@ -85,6 +86,7 @@ class PLEConfig:
     weight_decay: float = 0.0
     optimizer: str = "adam"
     batch_size: int = 1024
+    precision: str = "32"  # Lightning's: 32, bf16-mixed (CPU and GPU), 16-mixed (GPU)
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "levels", "experts_per_task", "shared_experts", "expert_hidden", "gate_hidden", "tower_hidden", "dropout", "activation",
@@ -123,6 +125,8 @@ class PLEConfig:
         check_int("batch_size", self.batch_size, 1)
         for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True), ("cagrad_c", True)):
             setattr(self, key, _number(key, getattr(self, key), allow_zero=allow_zero))
+        if self.precision not in PRECISIONS:
+            raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
         from ple_search.weighting import SCHEMES  # the registry is the list of names

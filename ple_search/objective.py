@@ -111,7 +111,7 @@ class TrialSettings:
         return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator, tensorboard, experiment)
 
 
-def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run") -> pl.Trainer:
+def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run", precision: str = "32") -> pl.Trainer:
     """A trainer with every per-step extra off: no checkpoints, bars or summaries, and no logger
     unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the experiment)."""
     logger: Any = False
@@ -125,6 +125,7 @@ def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name
         devices=1,
         logger=logger,
         log_every_n_steps=1,
+        precision=precision,
         enable_checkpointing=False,
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -156,7 +157,10 @@ def train_config(
     recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
     data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
     start = time.perf_counter()
-    trainer = make_trainer(settings, [recorder], run_name)
+    precision = module.config["precision"]
+    if precision == "16-mixed" and not (settings.accelerator in ("gpu", "auto") and torch.cuda.is_available()):
+        raise TrialFailed("precision 16-mixed needs a GPU; on CPU use bf16-mixed or 32")
+    trainer = make_trainer(settings, [recorder], run_name, precision)
     if trainer.logger:
         trainer.logger.log_hyperparams(module.config)
     trainer.fit(module, data)

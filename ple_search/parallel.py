@@ -103,20 +103,28 @@ def worker_command(argv: Sequence[str], threads: int, index: int) -> list[str]:
     return [sys.executable, "-m", "ple_search.cli.main", *args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker", str(index)]
 
 
+def worker_env(index: int, devices: Sequence[str] | None) -> dict[str, str]:
+    """Worker ``index``'s environment: with ``devices`` (GPU indices), round-robin one of them as
+    its only visible device (``CUDA_VISIBLE_DEVICES``), so N workers spread over G GPUs."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if devices:
+        env["CUDA_VISIBLE_DEVICES"] = str(devices[index % len(devices)])
+    return env
+
+
 class Workers:
     """Start, watch and stop the worker processes."""
 
-    def __init__(self, commands: list[list[str]], on_line: WorkerLine) -> None:
-        self.commands, self.on_line = commands, on_line
+    def __init__(self, commands: list[list[str]], on_line: WorkerLine, devices: Sequence[str] | None = None) -> None:
+        self.commands, self.on_line, self.devices = commands, on_line, devices
         self.procs: list[subprocess.Popen] = []
         self.stopping = False
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         for i, command in enumerate(self.commands):
             proc = subprocess.Popen(
                 command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                env=env, preexec_fn=_die_with_parent, start_new_session=True,
+                env=worker_env(i, self.devices), preexec_fn=_die_with_parent, start_new_session=True,
             )  # fmt: skip
             self.procs.append(proc)
             threading.Thread(target=self._pump, args=(i, proc), daemon=True).start()
@@ -165,10 +173,11 @@ class Workers:
 
 
 def run_workers(
-    argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine, tick: Callable[[], None]
+    argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine, tick: Callable[[], None],
+    devices: Sequence[str] | None = None,
 ) -> tuple[int, bool]:
     """Run ``jobs`` workers to the end; returns (workers that failed, whether interrupted)."""
-    workers = Workers([worker_command(argv, threads, i) for i in range(jobs)], on_line)
+    workers = Workers([worker_command(argv, threads, i) for i in range(jobs)], on_line, devices)
     workers.start()
     try:
         return workers.supervise(study, tick, console), False

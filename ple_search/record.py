@@ -47,13 +47,14 @@ RUNGS = "rungs"  # MO-ASHA: {"epochs": [objective vector at the best epoch so fa
 PRUNED_AT = "pruned_at"  # MO-ASHA: epochs run when pruned
 FAIL_REASON = "fail_reason"
 WORKER = "worker"  # "host:pid" of the process running the trial
+DEVICE = "device"  # the GPU(s) visible to that process (CUDA_VISIBLE_DEVICES), where set
 RETRY_OF = "retry_of"  # the failed trial whose config this one retries
 DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
 COST = "cost"  # serving cost measured before training: params, flops, latency_ms, latency_spread_ms
 OVER_BUDGET = "over_budget"  # why a config over the space's constraints was never trained
 TRIAL_KEYS = (
     HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
-    FAIL_REASON, WORKER, RETRY_OF, DUPLICATE_OF, COST, OVER_BUDGET,
+    FAIL_REASON, WORKER, DEVICE, RETRY_OF, DUPLICATE_OF, COST, OVER_BUDGET,
 )  # fmt: skip
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
@@ -16,7 +17,7 @@ from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageE
 from ple_search.objective import TrialSettings, run_trial
 from ple_search.parallel import reclaim_stale_trials, worker_id
 from ple_search.record import (
-    DUPLICATE_OF, FAIL_REASON, META_KEY, RETRY_OF, TRAIN_SECONDS, WORKER, count_finished, directions_of, objective_tasks,
+    DEVICE, DUPLICATE_OF, FAIL_REASON, META_KEY, RETRY_OF, TRAIN_SECONDS, WORKER, count_finished, directions_of, objective_tasks,
     write_meta,
 )  # fmt: skip
 from ple_search.space import SearchSpace
@@ -252,7 +253,7 @@ def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | No
 def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
     """Record ``twin``'s result as ``trial``'s instead of training the same config again."""
     for key, value in twin.user_attrs.items():
-        if key not in (WORKER, RETRY_OF, DUPLICATE_OF):
+        if key not in (WORKER, DEVICE, RETRY_OF, DUPLICATE_OF):
             trial.set_user_attr(key, value)
     trial.set_user_attr(DUPLICATE_OF, twin.number)
     trial.set_user_attr(TRAIN_SECONDS, 0.0)
@@ -338,6 +339,8 @@ class TrialRun:
     def __call__(self, trial: optuna.Trial) -> list[float]:
         self.number = trial.number
         trial.set_user_attr(WORKER, worker_id())
+        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
+            trial.set_user_attr(DEVICE, os.environ["CUDA_VISIBLE_DEVICES"])
         if self.surplus(trial.number):
             trial.set_user_attr(FAIL_REASON, SURPLUS)
             raise TrialFailed(SURPLUS)

@@ -93,3 +93,25 @@ def test_training_is_deterministic_for_a_seed():
         results.append(module.last_metrics["val"])
     assert results[0] == results[1]
     assert np.isfinite(list(results[0].values())).all()
+
+
+def test_bf16_mixed_precision_trains_on_cpu_and_matches_fp32_auc():
+    from ple_search.objective import TrialSettings, train_config
+
+    dataset = make_dataset(n=800)
+    settings = TrialSettings(list(dataset.schema.tasks), max_epochs=3, patience=3)
+    results = {}
+    for precision in ("32", "bf16-mixed"):
+        _, recorder, _ = train_config({"precision": precision, "lr": 0.01, "batch_size": 64}, dataset, settings, seed=0)
+        results[precision] = recorder.curve[recorder.best_epoch]
+    for task in ("t0", "t1"):
+        assert results["bf16-mixed"][task] == pytest.approx(results["32"][task], abs=0.02)
+
+
+def test_fp16_mixed_precision_without_a_gpu_fails_the_trial_with_the_reason():
+    from ple_search.errors import TrialFailed
+    from ple_search.objective import TrialSettings, train_config
+
+    dataset = make_dataset(n=200)
+    with pytest.raises(TrialFailed, match="16-mixed needs a GPU"):
+        train_config({"precision": "16-mixed"}, dataset, TrialSettings(list(dataset.schema.tasks), 1, 1), seed=0)

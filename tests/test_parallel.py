@@ -259,3 +259,32 @@ def test_a_postgres_restart_mid_study_is_waited_out_and_no_finished_trial_is_los
     trials = check_exact(postgres, study, 6)
     for number, values in done.items():
         assert trials[number].state.name == "COMPLETE" and trials[number].values == values
+
+
+def test_workers_get_one_device_each_round_robin():
+    from ple_search.parallel import worker_env
+
+    assert [worker_env(i, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for i in range(5)] == ["0", "1", "0", "1", "0"]
+    assert worker_env(0, None).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+@pytest.mark.slow
+def test_jobs_with_devices_run_each_worker_on_its_own_device(tmp_path, space, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    raw = yaml.safe_load(space.read_text())
+    raw["budget"] = {"max_epochs": 6, "patience": 6}
+    raw["dataset"]["options"]["n"] = 5000
+    space.write_text(yaml.safe_dump(raw))
+    storage = str(tmp_path / "d.journal")
+    assert main(["run", "--study", "dev", "--space", str(space), "--trials", "6", "--jobs", "2", "--devices", "3,5", "--storage", storage, "--quiet"]) == 0
+    trials = check_exact(storage, "dev", 6)
+    by_worker = {}
+    for t in trials:
+        by_worker.setdefault(t.user_attrs["worker"], set()).add(t.user_attrs["device"])
+    assert sorted(map(sorted, by_worker.values())) == [["3"], ["5"]]  # one device per worker, both used
+
+
+def test_bad_device_lists_are_one_line(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["run", "--study", "x", "--trials", "1", "--devices", "0,gpu1"])
+    assert exit_info.value.code == 2 and "give GPU indices separated by commas" in capsys.readouterr().err
