@@ -28,7 +28,8 @@ from ple_search.config import PLEConfig
 from ple_search.files import atomic_write_text, read_yaml
 from ple_search.pareto import nondominated_ranks
 from ple_search.cost import Budget
-from ple_search.record import COST, BEST_EPOCH, HPARAMS, TEST, VAL, StudyRecord, finished_trials
+from ple_search.data import absolute_spec
+from ple_search.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_budget
 from ple_search.storage import mask_url
 
 CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
@@ -68,9 +69,7 @@ class Pick:
         if budget:
             ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
             self.excluded = sum(1 for t, r in zip(trials, ranks) if r == 0 and not budget.allows(t.user_attrs.get(COST)))
-            trials = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
-            if not trials:
-                raise ConfigError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
+            trials = within_budget(study, trials, budget)
         ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
         self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
         self.values = np.array([t.values for t in self.front])
@@ -126,7 +125,7 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
     return {
         "ple_search_version": __version__,
         "hparams": trial.user_attrs[HPARAMS],
-        "dataset": portable_dataset(record.dataset),
+        "dataset": absolute_spec(record.dataset),  # trains from any working directory
         "split": record.split,
         "schema": record.schema,
         "objectives": record.task_objectives(),
@@ -142,15 +141,6 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-
-
-def portable_dataset(described: dict[str, Any]) -> dict[str, Any]:
-    """The dataset description with a dataset spec path made absolute, so the exported config
-    trains from any working directory (the study stored it as ``run`` was given it)."""
-    name = str(described["name"])
-    if name.endswith((".yaml", ".yml")):
-        name = str(Path(name).expanduser().resolve())
-    return {**described, "name": name}
 
 
 def write_config(config: dict[str, Any], path: Path) -> None:

@@ -40,12 +40,10 @@ METRICS, PREPROCESSOR, SCRIPTED, CONFIG, ONNX = "metrics.json", "preprocessor.js
 
 def load_config_dataset(config: dict[str, Any], data_dir: str | None = None) -> Dataset:
     """The dataset an exported config describes; ``data_dir`` (census files) is recorded in it."""
-    from ple_search.data import load_described
+    from ple_search.data import load_described, with_data_dir
 
-    dataset = load_described(config["dataset"], data_dir)
-    if data_dir is not None:
-        config["dataset"] = {**config["dataset"], "options": {**config["dataset"].get("options", {}), "data_dir": data_dir}}
-    return dataset
+    config["dataset"] = with_data_dir(config["dataset"], data_dir)
+    return load_described(config["dataset"])
 
 
 def build_module(config: Mapping[str, Any], schema: Schema | Mapping[str, Any] | None = None) -> PLEModule:

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import StorageError
+from ple_search.errors import ConfigError, StorageError
 
 META_KEY = "ple_search"
 BASELINES_KEY = "baselines"
@@ -73,6 +73,14 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
+def within_budget(study: optuna.Study, trials: Sequence[FrozenTrial], budget: Any) -> list[FrozenTrial]:
+    """The trials whose measured cost is within ``budget`` (a ``cost.Budget``); none is an error."""
+    kept = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
+    if not kept:
+        raise StorageError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
+    return kept
+
+
 def state_counts(study: optuna.Study) -> dict[str, int]:
     """``{"complete": n, "pruned": n, "fail": n, "running": n}``."""
     states = [t.state for t in study.get_trials(deepcopy=False)]
@@ -83,7 +91,7 @@ def objective_tasks(schema: Schema, names: Sequence[str], where: str = "the stud
     """The schema's tasks named by ``names``, in that order (each must be a task)."""
     unknown = [n for n in names if n not in schema.task_names]
     if unknown:
-        raise StorageError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {schema.task_names}")
+        raise ConfigError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {schema.task_names}")
     return [schema.tasks[schema.task_names.index(n)] for n in names]
 
 

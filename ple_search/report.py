@@ -21,7 +21,7 @@ from ple_search.errors import ConfigError, StorageError
 from ple_search.pareto import hypervolume, nondominated_ranks
 from ple_search.record import (
     BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
-    is_ple_study, state_counts,
+    is_ple_study, state_counts, within_budget,
 )  # fmt: skip
 
 
@@ -138,10 +138,8 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         raise StorageError(f"study '{study.study_name}' has no finished trials yet; run `ple-search run --study {study.study_name}` first")
     excluded = 0
     if budget:
-        kept = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
+        kept = within_budget(study, trials, budget)
         excluded, trials = len(trials) - len(kept), kept
-        if not trials:
-            raise StorageError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
     values = np.array([t.values for t in trials])
     ranks = nondominated_ranks(values, directions)
     if confirmed:

@@ -12,7 +12,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search._version import __version__
-from ple_search.data import Dataset
+from ple_search.data import Dataset, absolute_spec
 from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
 from ple_search.objective import TrialSettings, run_trial
 from ple_search.parallel import reclaim_stale_trials, worker_id
@@ -47,10 +47,7 @@ def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
 
 def objectives_of(space: SearchSpace, dataset: Dataset) -> list:
     """The tasks the space optimises (default: every task of the dataset)."""
-    try:
-        return objective_tasks(dataset.schema, space.objectives or dataset.schema.task_names, space.path)
-    except StorageError as exc:
-        raise ConfigError(str(exc)) from None
+    return objective_tasks(dataset.schema, space.objectives or dataset.schema.task_names, space.path)
 
 
 def open_study(
@@ -158,11 +155,8 @@ def joining_seed(seed: int, study: optuna.Study) -> int:
 def dataset_identity(described: Mapping[str, Any]) -> dict[str, Any]:
     """What makes two dataset descriptions the same data: the source (a spec file by its absolute
     path) and its options, except where the files live (``data_dir``)."""
-    name = str(described["name"])
-    if name.endswith((".yaml", ".yml")):
-        name = str(Path(name).resolve())
     options = {k: v for k, v in (described.get("options") or {}).items() if k != "data_dir"}
-    return {"name": name, "options": options}
+    return {"name": absolute_spec(described)["name"], "options": options}
 
 
 def space_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
@@ -221,12 +215,10 @@ def load_run_space(study: str, storage: optuna.storages.BaseStorage, path: str |
 
 def load_space_dataset(space: SearchSpace, data_dir: str | None = None) -> Dataset:
     """The dataset a space names; ``data_dir`` (census files) is recorded in the space's options."""
-    from ple_search.data import load_described
+    from ple_search.data import load_described, with_data_dir
 
-    dataset = load_described(space.dataset, data_dir)
-    if data_dir is not None:
-        space.dataset["options"] = {**space.dataset["options"], "data_dir": data_dir}
-    return dataset
+    space.dataset = with_data_dir(space.dataset, data_dir)
+    return load_described(space.dataset)
 
 
 def load_study_and_data(name: str, storage_url: str, data_dir: str | None = None) -> tuple[optuna.storages.BaseStorage, optuna.Study, Dataset]:

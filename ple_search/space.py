@@ -105,7 +105,9 @@ class SearchSpace:
 
     def constraints_func(self, trial: optuna.trial.FrozenTrial) -> list[float]:
         """Optuna's constraint values (<= 0 feasible) from the cost measured before training."""
-        cost = trial.user_attrs.get("cost") or {}
+        from ple_search.record import COST
+
+        cost = trial.user_attrs.get(COST) or {}
         if not all(key in cost for key in self.constraints.keys()):
             return [0.0] * len(self.constraints.keys())  # never measured (failed before): no information
         return self.constraints.excess(cost)

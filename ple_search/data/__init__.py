@@ -64,12 +64,27 @@ def _call(loader: Any, source: str, *args: Any, **options: Any) -> "Dataset":
     return loader(*args, **options)
 
 
+def with_data_dir(described: dict[str, Any], data_dir: str | None) -> dict[str, Any]:
+    """The description (``{name, options}``) with ``data_dir`` (where the census files are) among
+    its options; unchanged without one."""
+    if data_dir is None:
+        return described
+    if described["name"] != "census":
+        raise DataError(f"--data-dir applies to the census dataset, not {described['name']!r}")
+    return {**described, "options": {**(described.get("options") or {}), "data_dir": data_dir}}
+
+
+def absolute_spec(described: dict[str, Any]) -> dict[str, Any]:
+    """The description with a dataset spec path made absolute (from the working directory), so it
+    names the same file from anywhere; census and synthetic unchanged."""
+    name = str(described["name"])
+    if name.endswith((".yaml", ".yml")):
+        name = str(Path(name).expanduser().resolve())
+    return {**described, "name": name}
+
+
 def load_described(described: dict[str, Any], data_dir: str | None = None) -> "Dataset":
     """Load the dataset a search space or exported config describes (``{name, options}``);
     ``data_dir`` overrides where the census files are."""
-    options = dict(described.get("options") or {})
-    if data_dir is not None:
-        if described["name"] != "census":
-            raise DataError(f"--data-dir applies to the census dataset, not {described['name']!r}")
-        options["data_dir"] = data_dir
-    return load(described["name"], **options)
+    described = with_data_dir(described, data_dir)
+    return load(described["name"], **dict(described.get("options") or {}))
