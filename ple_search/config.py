@@ -82,6 +82,8 @@ class PLEConfig:
     dwa_temperature: float = 2.0  # DWA (Liu et al. 2019)
     gradnorm_alpha: float = 1.5  # GradNorm (Chen et al. 2018)
     cagrad_c: float = 0.5  # CAGrad (Liu et al. 2021): how far from the average gradient, c >= 0
+    famo_lr: float = 0.025  # FAMO (Liu et al. 2023): learning rate of the task logits (beta)
+    famo_gamma: float = 0.01  # FAMO: weight decay of the task logits (gamma)
     lr: float = 1e-3
     weight_decay: float = 0.0
     optimizer: str = "adam"
@@ -123,7 +125,7 @@ class PLEConfig:
         check_int("periodic_frequencies", self.periodic_frequencies, 1)
         self.periodic_sigma = _number("periodic_sigma", self.periodic_sigma)
         check_int("batch_size", self.batch_size, 1)
-        for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True), ("cagrad_c", True)):
+        for key, allow_zero in (("lr", False), ("weight_decay", True), ("dwa_temperature", False), ("gradnorm_alpha", True), ("cagrad_c", True), ("famo_lr", False), ("famo_gamma", True)):
             setattr(self, key, _number(key, getattr(self, key), allow_zero=allow_zero))
         if self.precision not in PRECISIONS:
             raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")

@@ -171,6 +171,14 @@ class PLEModule(pl.LightningModule):
         self._epoch_steps += 1
         return total
 
+    def on_train_batch_end(self, outputs: Any, batch: Batch, batch_idx: int) -> None:
+        # after the optimiser step: schemes that learn from each step's loss decrease (FAMO) get
+        # the same batch's losses again, one forward pass, no backward
+        if self.weighting.wants_losses_after_step:
+            cat, num, labels = batch
+            with torch.no_grad():
+                self.weighting.after_step(self.task_losses(self(cat, num), labels))
+
     def on_train_epoch_end(self) -> None:
         mean = self._epoch_loss_sum / max(self._epoch_steps, 1)
         self.weighting.epoch_end(self.current_epoch, mean)

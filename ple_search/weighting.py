@@ -60,6 +60,13 @@ class LossWeighting(nn.Module):
     def epoch_end(self, epoch: int, mean_losses: Tensor) -> None:
         """Called after training epoch ``epoch`` (0-based) with its mean per-task losses."""
 
+    #: True for schemes that learn from the loss decrease of each step: the module then measures
+    #: the same batch's losses again after the optimiser step and passes them to ``after_step``.
+    wants_losses_after_step: ClassVar[bool] = False
+
+    def after_step(self, losses: Tensor) -> None:
+        """Called after an optimiser step with the step's batch losses ``[T]`` re-measured."""
+
 
 class Equal(LossWeighting):
     """Every task weighs 1."""
@@ -405,9 +412,57 @@ class NashMTL(GradientBalancing):
         return direction * (cap / norm) if norm > cap else direction
 
 
+class FAMO(LossWeighting):
+    """Liu et al. 2023 (FAMO), balanced loss decrease at the cost of one extra forward pass per
+    step instead of one backward pass per task. With task logits xi and z = softmax(xi), the step
+    descends sum_k z_k log l_k, i.e. the task gradients weighted z_k / l_k (rescaled here to sum to
+    T, the scale of equal weighting). After the optimiser step the same batch's losses l' are
+    measured again; xi then takes an Adam step (learning rate ``famo_lr``, weight decay
+    ``famo_gamma``, the paper's beta and gamma) along the softmax Jacobian times the log-loss
+    decrease log l - log l', so a task whose loss fell least gains weight. Our losses are bounded
+    below by 0, the paper's per-task minimum."""
+
+    name = "famo"
+    wants_losses_after_step = True
+    EPSILON: ClassVar[float] = 1e-8
+
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+        super().__init__(task_names, hparams, model)
+        self.register_buffer("logits", torch.zeros(self.num_tasks))  # xi
+        self.register_buffer("_weights", torch.ones(self.num_tasks), persistent=False)
+        self.lr = float(hparams.get("famo_lr", DEFAULTS["famo_lr"]))
+        self.gamma = float(hparams.get("famo_gamma", DEFAULTS["famo_gamma"]))
+        self._before: Tensor | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+
+    def weights(self) -> Tensor:
+        return self._weights
+
+    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+        if not (self.training and torch.is_grad_enabled()):
+            return losses.sum()
+        shifted = losses.detach().float().clamp_min(self.EPSILON)
+        w = torch.softmax(self.logits, 0) / shifted
+        self._weights = self.num_tasks * w / w.sum()
+        self._before = shifted
+        return (self._weights.to(losses) * losses).sum()
+
+    def after_step(self, losses: Tensor) -> None:
+        if self._before is None:
+            return
+        decrease = self._before.log() - losses.detach().float().clamp_min(self.EPSILON).log()
+        z = torch.softmax(self.logits, 0)
+        if self._optimizer is None:  # created here, after the module has moved to its device
+            self._optimizer = torch.optim.Adam([self.logits], lr=self.lr, weight_decay=self.gamma)
+        self.logits.grad = z * (decrease - z @ decrease)  # (diag(z) - z z^T) decrease
+        self._optimizer.step()
+        self.logits.grad = None
+        self._before = None
+
+
 SCHEMES: dict[str, type[LossWeighting]] = {
     cls.name: cls
-    for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL)
+    for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, FAMO)
 }
 
 

@@ -194,3 +194,54 @@ def test_nash_weights_solve_the_bargaining_condition(seed):
     assert (alpha > 0).all()
     assert torch.allclose(g @ d, 1.0 / alpha, rtol=1e-6)
     assert NashMTL(["a", "b", "c"], {}, PLE(4, 3, levels=1)).combine(g.float()).shape == (6,)
+
+
+def test_famo_starts_as_the_gradient_of_the_summed_log_losses():
+    from ple_search.weighting import FAMO
+
+    losses = torch.tensor([0.5, 2.0], requires_grad=True)
+    FAMO(["a", "b"], {}, PLE(4, 2, levels=1)).train()(losses, None).backward()
+    log_grad = 1.0 / losses.detach()  # d/dl sum(log l)
+    assert torch.allclose(losses.grad, 2 * log_grad / log_grad.sum())
+
+
+def test_famo_moves_weight_to_the_task_whose_loss_fell_least():
+    from ple_search.weighting import FAMO
+
+    famo = FAMO(["a", "b"], {}, PLE(4, 2, levels=1)).train()
+    for _ in range(5):
+        famo(torch.tensor([1.0, 1.0], requires_grad=True), None)
+        famo.after_step(torch.tensor([0.5, 0.99]))  # task a fell by half, task b hardly moved
+    z = torch.softmax(famo.logits, 0)
+    assert z[1] > z[0] + 0.05
+    famo(torch.tensor([1.0, 1.0], requires_grad=True), None)
+    assert famo.weights()[1] > famo.weights()[0] and float(famo.weights().sum()) == pytest.approx(2.0)
+
+
+def test_famo_decreases_two_losses_of_very_different_scale_at_a_more_even_rate_than_equal():
+    """Two quadratics, one 100x the other's scale, on one shared vector: equal weighting serves the
+    big loss; FAMO's log-loss weighting halves both at a similar pace (its purpose)."""
+    from ple_search.weighting import FAMO, Equal
+
+    def run(scheme):
+        torch.manual_seed(0)
+        x = torch.zeros(2, requires_grad=True)
+        optimizer = torch.optim.Adam([x], lr=0.02)
+        weighting = scheme(["a", "b"], {}, PLE(4, 2, levels=1)).train()
+        target = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+        scale = torch.tensor([100.0, 1.0])
+
+        def losses():
+            return scale * ((x - target) ** 2).sum(1) + 0.01
+
+        start = losses().detach()
+        for _ in range(60):
+            optimizer.zero_grad()
+            weighting(losses(), None).backward()
+            optimizer.step()
+            with torch.no_grad():
+                weighting.after_step(losses())
+        ratio = (losses().detach() / start).log()
+        return float((ratio[0] - ratio[1]).abs())
+
+    assert run(FAMO) < run(Equal)
