@@ -234,6 +234,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     )  # fmt: skip
     if args.worker is None:
         err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
+        err.print(_data_line(dataset, space))
     if args.jobs > 1:
         return _run_parallel(args, argv, study, threads)
     reporter_cls = LogReporter if args.quiet else LiveReporter
@@ -256,6 +257,17 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.worker is None:
         err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
     return 0
+
+
+def _data_line(dataset, space) -> str:
+    from ple_search.cost import embedding_memory
+
+    rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
+    schema = dataset.schema
+    line = f"rows train / val / test {rows}; {len(schema.categorical)} categorical, {len(schema.numeric)} numeric features"
+    if schema.vocab_sizes:
+        line += f"; embeddings {embedding_memory(schema.vocab_sizes, space.possible('embedding_dim'))}"
+    return line
 
 
 def _notice(message: str) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping
+from typing import Sequence, TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ple_search.errors import ConfigError
 
@@ -34,6 +34,17 @@ SERVING_KEYS = ("batch_size", "threads", "repeats", "warmup", "engine")
 # stored cost key (and `constraints:` key) it stands for.
 COST_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
 BUDGET_KEYS = tuple(COST_KEYS.values())
+
+
+def embedding_memory(vocab_sizes: Sequence[int], dims: Sequence[int]) -> str:
+    """The categorical embedding tables' size for the given embedding widths, e.g. ``"1,234,567
+    rows x 4-8 = 18.8-37.7 MB"`` (float32): the part of the model that grows with the
+    vocabularies, which ``min_count`` and ``hash_buckets`` bound."""
+    rows = int(sum(vocab_sizes))
+    low, high = min(dims), max(dims)
+    width = f"{low}" if low == high else f"{low}-{high}"
+    size = f"{rows * low * 4 / 1e6:.1f}" if low == high else f"{rows * low * 4 / 1e6:.1f}-{rows * high * 4 / 1e6:.1f}"
+    return f"{rows:,} rows x {width} = {size} MB"
 
 
 def measures_for(keys: set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:

@@ -97,7 +97,7 @@ def train(
             run.module.trainer.save_checkpoint(work / f"seed-{run.seed}" / "best.ckpt")
             if best is None or score(run.val, tasks) > score(best.val, tasks):
                 best = run
-        example = (dataset.test.cat[:2].to(best.module.device), dataset.test.num[:2].to(best.module.device))
+        example = (dataset.test.cat[:2].long().to(best.module.device), dataset.test.num[:2].to(best.module.device))
         torchscript(best.module, example).save(str(work / SCRIPTED))
         if onnx_available():  # the serve extra; without it model.pt is the serving graph
             export_onnx(best.module, work / ONNX, example)

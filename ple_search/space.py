@@ -128,6 +128,11 @@ class SearchSpace:
             values["shared_experts"] = 1
         return values
 
+    def possible(self, key: str) -> list[Any]:
+        """Every value ``key`` can take in this space (its choices or range ends, else the fixed
+        value or the default)."""
+        return _possible(self.fixed, {p.name: p for p in self.params}, key)
+
     def sample(self, trial: optuna.Trial) -> dict[str, Any]:
         """The full hyperparameter dict for ``trial``: fixed values plus sampled ones."""
         values = dict(self.fixed)

@@ -19,8 +19,9 @@ SPLITS = ("train", "val", "test")
 
 @dataclass
 class Split:
-    """One split as tensors: categorical codes ``[N, C]`` (int64), numeric ``[N, F]`` and labels
-    ``[N, T]`` (float32, NaN = missing)."""
+    """One split as tensors: categorical codes ``[N, C]`` (int32: half of int64's memory; the
+    encoder adds int64 offsets), numeric ``[N, F]`` and labels ``[N, T]`` (float32, NaN = missing).
+    The arrays may be memory-mapped from the cache (``cache.py``); nothing writes to them."""
 
     cat: Tensor
     num: Tensor
@@ -32,7 +33,7 @@ class Split:
     @classmethod
     def from_numpy(cls, cat: np.ndarray, num: np.ndarray, labels: np.ndarray) -> "Split":
         return cls(
-            torch.from_numpy(np.ascontiguousarray(cat, dtype=np.int64)),
+            torch.from_numpy(np.ascontiguousarray(cat, dtype=np.int32)),
             torch.from_numpy(np.ascontiguousarray(num, dtype=np.float32)),
             torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
         )
@@ -54,10 +55,11 @@ class Dataset:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Fitted on the train split; a schema that already carries them (from the cache) keeps them.
         self.schema = Schema(
             self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric,
             tuple(_with_label_scale(t, self.train.labels[:, k]) for k, t in enumerate(self.schema.tasks)),
-            numeric_quantiles(self.train.num),
+            self.schema.numeric_quantiles or numeric_quantiles(self.train.num),
         )  # fmt: skip
 
     def split(self, name: str) -> Split:
@@ -70,7 +72,7 @@ class Dataset:
             raise DataError(f"unknown task '{unknown[0]}'; tasks: {self.schema.task_names}")
         idx = [self.schema.task_names.index(n) for n in names]
         splits = [Split(s.cat, s.num, s.labels[:, idx]) for s in (self.train, self.val, self.test)]
-        schema = Schema(self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric, tuple(self.schema.tasks[i] for i in idx))
+        schema = Schema(self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric, tuple(self.schema.tasks[i] for i in idx), self.schema.numeric_quantiles)
         return Dataset(schema, *splits, self.preprocessor, dict(self.info))
 
     def check_labels(self, where: str) -> None:
@@ -98,8 +100,12 @@ def numeric_quantiles(train_numeric: torch.Tensor) -> tuple[tuple[float, ...], .
     if train_numeric.numel() == 0:
         return ()
     levels = np.linspace(0.0, 1.0, QUANTILE_LEVELS + 1)
-    values = np.quantile(train_numeric.numpy().astype(np.float64), levels, axis=0).astype(np.float32)  # [levels, F]
-    return tuple(tuple(float(v) for v in column) for column in values.T)
+    columns = train_numeric.numpy()
+    # one column at a time: a float64 copy of one column, not of the table
+    return tuple(
+        tuple(float(v) for v in np.quantile(columns[:, j].astype(np.float64), levels).astype(np.float32))
+        for j in range(columns.shape[1])
+    )  # fmt: skip
 
 
 def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:
@@ -122,11 +128,12 @@ def from_frames(
     tasks: list[Any],
     log1p: list[str] = (),
     min_count: int = 1,
+    hash_buckets: dict[str, int] | None = None,
     info: dict[str, Any] | None = None,
     where: str = "data",
 ) -> Dataset:
     """Fit preprocessing on ``frames["train"]``, transform every split and check the labels."""
-    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p=log1p, min_count=min_count, where=where)
+    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p=log1p, min_count=min_count, hash_buckets=hash_buckets, where=where)
     splits = {}
     for name in SPLITS:
         cat, num = pre.transform(frames[name], where)

@@ -1,12 +1,14 @@
 """Preprocessing fitted on the train split only, saved as plain JSON (never pickle).
 
 Categorical columns become int codes: 0 is the shared "other" code for values unseen in train or
-rarer than ``min_count``; numeric columns are optionally log1p-transformed, then standardised with
+rarer than ``min_count``; a column with ``hash_buckets: N`` keeps no vocabulary and maps each value
+to 1 + (a stable hash of its text mod N), so IDs that keep appearing never grow the model; numeric columns are optionally log1p-transformed, then standardised with
 the train mean and standard deviation; missing numeric values become the train mean (0).
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -67,13 +69,30 @@ def category_text(values: pd.Series) -> pd.Series:
     return text.where(~missing, "nan")
 
 
+def hashed_codes(texts: Sequence[str] | np.ndarray, buckets: int) -> np.ndarray:
+    """``1 + h(text) mod buckets`` per text, int32: ``h`` is the first 8 bytes of the text's
+    BLAKE2b digest, the same in every process, run and machine (Python's ``hash`` is salted)."""
+    return np.fromiter(
+        (1 + int.from_bytes(hashlib.blake2b(str(t).encode(), digest_size=8).digest(), "little") % buckets for t in texts),
+        dtype=np.int32, count=len(texts),
+    )  # fmt: skip
+
+
+def standardise(values: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
+    """``(values - mean) / std`` as float32, missing values at 0 (the train mean)."""
+    standard = (values - stats["mean"]) / stats["std"]
+    return np.where(np.isnan(standard), 0.0, standard).astype(np.float32)
+
+
 @dataclass
 class Preprocessor:
-    """Fitted vocabularies (``categorical[col]`` lists the values with codes 1..n) and numeric
-    statistics (``numeric[col] = {"mean", "std", "log1p"}``)."""
+    """Fitted vocabularies (``categorical[col]`` lists the values with codes 1..n; empty for a
+    hashed column), hashed columns' bucket counts (``hash_buckets[col]``) and numeric statistics
+    (``numeric[col] = {"mean", "std", "log1p"}``)."""
 
     categorical: dict[str, list[str]] = field(default_factory=dict)
     numeric: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hash_buckets: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -84,10 +103,15 @@ class Preprocessor:
         *,
         log1p: Sequence[str] = (),
         min_count: int = 1,
+        hash_buckets: Mapping[str, int] | None = None,
         where: str = "data",
     ) -> "Preprocessor":
+        buckets = dict(hash_buckets or {})
         vocab = {}
         for col in categorical:
+            if col in buckets:
+                vocab[col] = []
+                continue
             counts = category_text(frame[col]).value_counts()
             kept = counts[counts >= min_count]
             vocab[col] = sorted(kept.index.tolist())
@@ -96,14 +120,20 @@ class Preprocessor:
             values = to_numeric(frame[col], where, col)
             if col in log1p:
                 values = _log1p(values, where, col)
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-            std = float(np.nanstd(values)) if np.isfinite(values).any() else 1.0
-            stats[col] = {"mean": mean, "std": std if std > 0 else 1.0, "log1p": col in log1p}
-        return cls(vocab, stats)
+            stats[col] = cls.numeric_stats(values, col in log1p)
+        return cls(vocab, stats, buckets)
+
+    @staticmethod
+    def numeric_stats(train_values: np.ndarray, log1p: bool) -> dict[str, Any]:
+        """Mean and std (1 when 0 or undefined) of a column's train values, NaN = missing."""
+        finite = np.isfinite(train_values).any()
+        mean = float(np.nanmean(train_values)) if finite else 0.0
+        std = float(np.nanstd(train_values)) if finite else 1.0
+        return {"mean": mean, "std": std if std > 0 else 1.0, "log1p": log1p}
 
     @property
     def vocab_sizes(self) -> tuple[int, ...]:
-        return tuple(len(v) + 1 for v in self.categorical.values())
+        return tuple(self.hash_buckets[c] + 1 if c in self.hash_buckets else len(v) + 1 for c, v in self.categorical.items())
 
     def transform(self, frame: pd.DataFrame, where: str = "data") -> tuple[np.ndarray, np.ndarray]:
         """``(codes[N, C] int64, numeric[N, F] float32)``; a missing column is a ``DataError``."""
@@ -112,22 +142,26 @@ class Preprocessor:
             raise DataError(f"{where}: required column '{missing[0]}' is missing")
         codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
         for j, (col, values) in enumerate(self.categorical.items()):
-            codes[:, j] = pd.Index(values).get_indexer(category_text(frame[col])) + 1
+            text = category_text(frame[col])
+            if col in self.hash_buckets:
+                distinct, inverse = np.unique(text.to_numpy(dtype=str), return_inverse=True)
+                codes[:, j] = hashed_codes(distinct, self.hash_buckets[col])[inverse.reshape(-1)]
+            else:
+                codes[:, j] = pd.Index(values).get_indexer(text) + 1
         num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
         for j, (col, s) in enumerate(self.numeric.items()):
             values = to_numeric(frame[col], where, col)
             if s["log1p"]:
                 values = _log1p(values, where, col)
-            standard = (values - s["mean"]) / s["std"]
-            num[:, j] = np.where(np.isnan(standard), 0.0, standard)
+            num[:, j] = standardise(values, s)
         return codes, num
 
     def to_dict(self) -> dict[str, Any]:
-        return {"categorical": self.categorical, "numeric": self.numeric}
+        return {"categorical": self.categorical, "numeric": self.numeric, **({"hash_buckets": self.hash_buckets} if self.hash_buckets else {})}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessor":
-        return cls(dict(data["categorical"]), dict(data["numeric"]))
+        return cls(dict(data["categorical"]), dict(data["numeric"]), {k: int(v) for k, v in (data.get("hash_buckets") or {}).items()})
 
 
 def _log1p(values: np.ndarray, where: str, column: str) -> np.ndarray:

@@ -6,12 +6,15 @@ categorical: [country, device]
 numeric: [age, price]
 log1p: [price]                # optional: heavy-tailed numeric columns
 min_count: 5                  # optional: rarer categories share the "other" code
+hash_buckets: {user_id: 100000}  # optional: these columns hash into N codes instead of a vocabulary
 tasks:
   - {name: click, type: binary, labels: {"yes": 1, "no": 0}}   # labels: optional mapping
   - {name: watch_time, column: seconds, type: regression}      # column defaults to name
 split: {column: split}        # values train/val/test, or: {fractions: [0.8, 0.1, 0.1], seed: 0}
 ```
 Every bad input is one ``DataError`` naming the file, the column and, where it applies, the row.
+Tables are read and encoded column by column with Arrow (``columnar.py``); the pandas path here
+is the reference it must equal, and runs when the Arrow path meets anything irregular.
 """
 
 from __future__ import annotations
@@ -23,14 +26,14 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-from ple_search.data import cache
+from ple_search.data import cache, columnar
 from ple_search.data.dataset import SPLITS, Dataset, from_frames
 from ple_search.data.preprocess import to_numeric
 from ple_search.data.schema import TASK_TYPES, Task
 from ple_search.errors import DataError
 from ple_search.files import read_yaml
 
-SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "tasks", "split"}
+SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "hash_buckets", "tasks", "split"}
 TASK_KEYS = {"name", "column", "type", "labels"}
 FORMATS = ("csv", "parquet")
 
@@ -55,6 +58,15 @@ def read_spec(path: Path) -> dict[str, Any]:
     stray = [c for c in spec["log1p"] if c not in spec["numeric"]]
     if stray:
         raise DataError(f"{path}: log1p column '{stray[0]}' is not listed under 'numeric'")
+    buckets = spec.get("hash_buckets") or {}
+    if not isinstance(buckets, dict):
+        raise DataError(f"{path}: 'hash_buckets' must map categorical column names to bucket counts, e.g. {{user_id: 100000}}")
+    for column, n in buckets.items():
+        if column not in spec["categorical"]:
+            raise DataError(f"{path}: hash_buckets column '{column}' is not listed under 'categorical'")
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**30:
+            raise DataError(f"{path}: hash_buckets for '{column}' is {n!r}; give a whole number of buckets from 1 to {2**30}")
+    spec["hash_buckets"] = {str(c): int(n) for c, n in buckets.items()}
     spec["file"] = (path.parent / spec["file"]).resolve()
     fmt = spec.get("format") or ("parquet" if spec["file"].suffix in (".parquet", ".pq") else "csv")
     if fmt not in FORMATS:
@@ -167,10 +179,7 @@ def _labels(frame: pd.DataFrame, file: Path, task: dict[str, Any]) -> np.ndarray
         return to_numeric(raw, where, task["column"]).astype(np.float32)
     present = raw.notna() & (raw.astype(str).str.strip() != "")
     text = raw.astype(str).str.strip()
-    if task["labels"] is not None:
-        mapping = label_mapping(task["labels"])
-    else:
-        mapping = {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
+    mapping = _label_mapping(task)
     values = text.map(mapping)
     bad = present & values.isna()
     if bad.any():
@@ -183,6 +192,19 @@ def _labels(frame: pd.DataFrame, file: Path, task: dict[str, Any]) -> np.ndarray
     return values.where(present).to_numpy(dtype=np.float32, na_value=np.nan)
 
 
+def _label_mapping(task: Mapping[str, Any]) -> dict[str, float]:
+    if task["labels"] is not None:
+        return label_mapping(task["labels"])
+    return {"0": 0.0, "1": 1.0, "0.0": 0.0, "1.0": 1.0, "true": 1.0, "false": 0.0, "True": 1.0, "False": 0.0}
+
+
+def _fraction_rows(rows: int, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Rows of each split for ``{fractions, seed}``: a seeded permutation cut by the fractions."""
+    order = np.random.default_rng(split["seed"]).permutation(rows)
+    cuts = np.cumsum([int(round(f * rows)) for f in split["fractions"][:2]])
+    return dict(zip(SPLITS, np.split(order, cuts)))
+
+
 def load_table(spec_path: str | Path, use_cache: bool = True) -> Dataset:
     """Load a user's table as described by the YAML spec at ``spec_path``."""
     spec_path = Path(spec_path)
@@ -193,27 +215,11 @@ def load_table(spec_path: str | Path, use_cache: bool = True) -> Dataset:
     settings = {k: v for k, v in spec.items() if k != "file"}
 
     def build() -> Dataset:
-        frame = read_table(file, spec["format"])
-        needed = [(c, "categorical feature") for c in spec["categorical"]] + [(c, "numeric feature") for c in spec["numeric"]]
-        needed += [(t["column"], f"label of task '{t['name']}'") for t in spec["tasks"]]
-        if "column" in spec["split"]:
-            needed.append((spec["split"]["column"], "split column"))
-        for column, role in needed:
-            if column not in frame.columns:
-                raise DataError(f"{file}: column '{column}' ({role}) not found; columns are {list(frame.columns)}")
-        features = set(spec["categorical"]) | set(spec["numeric"])
-        clash = [t["column"] for t in spec["tasks"] if t["column"] in features]
-        if clash:
-            raise DataError(f"{file}: column '{clash[0]}' is both a feature and a task label")
-        labels = np.stack([_labels(frame, file, t) for t in spec["tasks"]], axis=1)
-        parts = _assign_splits(frame, file, spec["split"])
-        frames = {name: frame.iloc[idx] for name, idx in parts.items()}
         info = {"source": "table", "options": {"spec": str(spec_path.resolve())}, "split": str(spec["split"])}
-        return from_frames(
-            frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
-            tasks=[Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
-            min_count=int(spec.get("min_count") or 1), info=info, where=str(file),
-        )  # fmt: skip
+        try:
+            return _build_columnar(spec, file, info)
+        except columnar.Irregular:
+            return _build_pandas(spec, file, info)
 
     return cache.cached("table", [spec_path, file], settings, build, use_cache=use_cache)
 
@@ -226,6 +232,50 @@ def _assign_splits(frame: pd.DataFrame, file: Path, split: Mapping[str, Any]) ->
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{file}: split column '{split['column']}' has value {values.iloc[row]!r} at row {row + 1}; allowed: {list(SPLITS)}")
         return {name: np.flatnonzero((values == name).to_numpy()) for name in SPLITS}
-    order = np.random.default_rng(split["seed"]).permutation(len(frame))
-    cuts = np.cumsum([int(round(f * len(frame))) for f in split["fractions"][:2]])
-    return dict(zip(SPLITS, np.split(order, cuts)))
+    return _fraction_rows(len(frame), split)
+
+
+def _needed(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
+    needed = [(c, "categorical feature") for c in spec["categorical"]] + [(c, "numeric feature") for c in spec["numeric"]]
+    needed += [(t["column"], f"label of task '{t['name']}'") for t in spec["tasks"]]
+    if "column" in spec["split"]:
+        needed.append((spec["split"]["column"], "split column"))
+    return needed
+
+
+def _check_columns(spec: Mapping[str, Any], file: Path, columns: list[Any]) -> None:
+    for column, role in _needed(spec):
+        if column not in columns:
+            raise DataError(f"{file}: column '{column}' ({role}) not found; columns are {list(columns)}")
+    features = set(spec["categorical"]) | set(spec["numeric"])
+    clash = [t["column"] for t in spec["tasks"] if t["column"] in features]
+    if clash:
+        raise DataError(f"{file}: column '{clash[0]}' is both a feature and a task label")
+
+
+def _build_columnar(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -> Dataset:
+    """The Arrow path (``columnar.py``); ``columnar.Irregular`` sends the caller to the pandas one."""
+    binary = [t["column"] for t in spec["tasks"] if t["type"] == "binary"]
+    regression = [t["column"] for t in spec["tasks"] if t["type"] == "regression"]
+    split = [spec["split"]["column"]] if "column" in spec["split"] else []
+    reader = columnar.Reader(file, spec["format"], [*spec["categorical"], *binary, *split], [*spec["numeric"], *regression])
+    _check_columns(spec, file, reader.names)
+    if reader.rows == 0:
+        raise columnar.Irregular("no rows")
+    parts = None if split else _fraction_rows(reader.rows, spec["split"])
+    mappings = {t["name"]: _label_mapping(t) for t in spec["tasks"] if t["type"] == "binary"}
+    return columnar.build(reader, spec, mappings, parts, info, str(file))
+
+
+def _build_pandas(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -> Dataset:
+    """The reference path: the whole table as pandas strings (CSV) or typed columns (Parquet)."""
+    frame = read_table(file, spec["format"])
+    _check_columns(spec, file, list(frame.columns))
+    labels = np.stack([_labels(frame, file, t) for t in spec["tasks"]], axis=1)
+    parts = _assign_splits(frame, file, spec["split"])
+    frames = {name: frame.iloc[idx] for name, idx in parts.items()}
+    return from_frames(
+        frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
+        tasks=[Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
+        min_count=int(spec.get("min_count") or 1), hash_buckets=spec["hash_buckets"], info=info, where=str(file),
+    )  # fmt: skip
