@@ -1,0 +1,67 @@
+"""Ablation of a study's chosen config (issue 16): the same config with each numeric encoding, with
+its balancing method and with equal weighting, each on fresh seeds (the confirm offset) under the
+study's budget; test AUC mean +- std per task, against the study's GBDT yardstick.
+
+    python bench/ablation.py --study census --storage sqlite:///results/census-dev/study-v2.db \
+        [--trial N] [--seeds 3] [--data-dir ../shared/data/census-income-kdd]
+
+Without ``--trial``: the confirmed trial with the best mean test rank over the tasks.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from ple_search.confirm import SEED_OFFSET
+from ple_search.metrics import summarize
+from ple_search.objective import TrialSettings, quiet_libraries, train_on_seeds
+from ple_search.record import HPARAMS, StudyRecord, objective_tasks
+from ple_search.search import load_study_and_data
+
+ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", default="census")
+    parser.add_argument("--storage", required=True)
+    parser.add_argument("--trial", type=int)
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    quiet_libraries()
+    _, study, dataset = load_study_and_data(args.study, args.storage, args.data_dir)
+    record = StudyRecord.from_study(study)
+    tasks = objective_tasks(dataset.schema, record.task_objectives())
+    names = [t.name for t in tasks]
+    confirmed = record.confirmed.get("trials", {})
+    if args.trial is None:
+        if not confirmed:
+            parser.error("the study has no confirmed trials; pass --trial")
+        ranked = {n: sum(sorted((-c["test_mean"][t] for c in confirmed.values())).index(-confirmed[n]["test_mean"][t]) for t in names) for n in confirmed}
+        args.trial = int(min(ranked, key=ranked.get))
+    base = dict(study.trials[args.trial].user_attrs[HPARAMS])
+    settings = TrialSettings.from_budget(tasks, record.budget)
+    gbdt = record.gbdt
+    print(f"trial {args.trial}: {base}")
+    print(f"{args.seeds} seeds from {SEED_OFFSET}; GBDT test " + " / ".join(f"{t} {gbdt[t]['test_mean']:.4f}" for t in names if t in gbdt))
+    print("| numeric_encoding | balancing | " + " | ".join(f"test {t}" for t in names) + " | " + " | ".join(f"vs GBDT {t}" for t in names) + " |")
+    print("|---|---|" + "---|" * (2 * len(names)))
+    methods = [base.get("loss_weighting", "equal")] + (["equal"] if base.get("loss_weighting", "equal") != "equal" else [])
+    for encoding in ENCODINGS:
+        for method in methods:
+            config = {**base, "numeric_encoding": encoding, "loss_weighting": method}
+            config.setdefault("numeric_bins", 16)
+            runs = list(train_on_seeds(config, dataset, settings, range(SEED_OFFSET, SEED_OFFSET + args.seeds)))
+            mean, std = summarize([r.test for r in runs])
+            marker = " (the trial's)" if encoding == base.get("numeric_encoding", "standard") and method == methods[0] else ""
+            cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
+            gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
+            print(f"| {encoding}{marker} | {method} | " + " | ".join(cells) + " | " + " | ".join(gaps) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
