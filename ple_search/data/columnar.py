@@ -86,8 +86,9 @@ class Reader:
             raise Irregular(f"column {name} missing")
         if self._table is not None:
             return self._table.column(name)
-        try:
-            return self._parquet.read(columns=[name], use_threads=True).column(0)
+        try:  # streamed in batches: the reader's buffers stay one batch, not one column, large
+            chunks = [batch.column(0) for batch in self._parquet.iter_batches(batch_size=1 << 20, columns=[name], use_threads=True)]
+            return pa.chunked_array(chunks, type=self._parquet.schema_arrow.field(name).type if not chunks else None)
         except (pa.ArrowException, OSError) as exc:
             raise Irregular(str(exc)) from None
 
@@ -162,6 +163,18 @@ def split_rows(column: pa.ChunkedArray) -> dict[str, np.ndarray]:
     return {name: np.flatnonzero((text.to_numpy() == name)[indices]) for name in SPLITS}
 
 
+def _give_back_memory() -> None:
+    """Return freed pages to the OS between columns: Arrow's pool and glibc's heap would keep the
+    last column's buffers and temporaries, and the peak would grow by one column per column."""
+    pa.default_memory_pool().release_unused()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def build(
     reader: Reader,
     spec: Mapping[str, Any],
@@ -189,6 +202,7 @@ def build(
         for name, rows in parts.items():
             arrays[name][0][:, j] = codes[rows]
         del encoded, codes
+        _give_back_memory()
     stats: dict[str, dict[str, Any]] = {}
     for j, col in enumerate(numeric):
         values = to_float(reader.column(col), nan_is_missing=reader.fmt == "parquet")
@@ -201,6 +215,7 @@ def build(
         for name, rows in parts.items():
             arrays[name][1][:, j] = standard[rows]
         del values, standard
+        _give_back_memory()
     labels = []
     for task in spec["tasks"]:
         column = reader.column(task["column"])

@@ -80,8 +80,10 @@ def hashed_codes(texts: Sequence[str] | np.ndarray, buckets: int) -> np.ndarray:
 
 def standardise(values: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
     """``(values - mean) / std`` as float32, missing values at 0 (the train mean)."""
-    standard = (values - stats["mean"]) / stats["std"]
-    return np.where(np.isnan(standard), 0.0, standard).astype(np.float32)
+    standard = values - stats["mean"]  # one float64 temporary, then in place
+    standard /= stats["std"]
+    standard[np.isnan(standard)] = 0.0
+    return standard.astype(np.float32)
 
 
 @dataclass
