@@ -26,7 +26,8 @@ from ple_search.record import (
 
 
 def architecture(hp: dict[str, Any], num_tasks: int) -> str:
-    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``."""
+    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``; a numeric encoding other
+    than ``standard`` comes before the balancing method (``... t[8] periodic pcgrad``)."""
     p, s, levels = hp["experts_per_task"], hp["shared_experts"], hp["levels"]
     if num_tasks == 1:
         family = "Single"
@@ -39,7 +40,9 @@ def architecture(hp: dict[str, Any], num_tasks: int) -> str:
     else:
         family = "PLE"
     widths = lambda w: "[" + ",".join(str(x) for x in w) + "]"  # noqa: E731
-    return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {hp['loss_weighting']}"
+    encoding = hp.get("numeric_encoding", "standard")
+    encoding = "" if encoding == "standard" else f"{encoding} "
+    return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {encoding}{hp['loss_weighting']}"
 
 
 TASK_METRICS = ("auc", "rmse")

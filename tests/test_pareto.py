@@ -30,3 +30,11 @@ def test_contributions_are_the_volume_each_point_alone_adds():
     # maximise both from reference (0, 0): each point's exclusive box is 1 x 1
     np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, 0.0]), [1.0, 1.0, 1.0])
     np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, -1.0]), [2.0, 1.0, 1.0])
+
+
+def test_the_architecture_cell_names_a_numeric_encoding_other_than_standard():
+    from ple_search.report import architecture
+
+    hp = {"experts_per_task": 3, "shared_experts": 2, "levels": 1, "expert_hidden": [16], "tower_hidden": [8], "loss_weighting": "pcgrad"}
+    assert architecture({**hp, "numeric_encoding": "periodic"}, 2) == "CGC L1 3x2+2 [16] t[8] periodic pcgrad"
+    assert architecture({**hp, "numeric_encoding": "standard"}, 2) == architecture(hp, 2) == "CGC L1 3x2+2 [16] t[8] pcgrad"
