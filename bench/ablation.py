@@ -1,6 +1,7 @@
 """Ablation of a study's chosen config (issue 16): the same config with each numeric encoding, with
 its balancing method and with equal weighting, each on fresh seeds (the confirm offset) under the
-study's budget; test AUC mean +- std per task, against the study's GBDT yardstick.
+study's budget; then the config itself with ``--longer`` times the epoch budget (same patience
+rule); test AUC mean +- std per task, against the study's GBDT yardstick.
 
     python bench/ablation.py --study census --storage sqlite:///results/census-dev/study-v2.db \
         [--trial N] [--seeds 3] [--data-dir ../shared/data/census-income-kdd]
@@ -30,6 +31,7 @@ def main() -> None:
     parser.add_argument("--trial", type=int)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
+    parser.add_argument("--longer", type=int, default=3, help="epoch-budget multiple of the last row (0: skip)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     quiet_libraries()
@@ -46,7 +48,7 @@ def main() -> None:
     base = dict(study.trials[args.trial].user_attrs[HPARAMS])
     settings = TrialSettings.from_budget(tasks, record.budget)
     gbdt = record.gbdt
-    print(f"trial {args.trial}: {base}")
+    print(f"trial {args.trial}: {base}; budget {record.budget}")
     print(f"{args.seeds} seeds from {SEED_OFFSET}; GBDT test " + " / ".join(f"{t} {gbdt[t]['test_mean']:.4f}" for t in names if t in gbdt))
     print("| numeric_encoding | balancing | " + " | ".join(f"test {t}" for t in names) + " | " + " | ".join(f"vs GBDT {t}" for t in names) + " |")
     print("|---|---|" + "---|" * (2 * len(names)))
@@ -61,6 +63,16 @@ def main() -> None:
             cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
             gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
             print(f"| {encoding}{marker} | {method} | " + " | ".join(cells) + " | " + " | ".join(gaps) + " |", flush=True)
+    if args.longer:
+        budget = {**record.budget, "max_epochs": record.budget["max_epochs"] * args.longer, "patience": record.budget["patience"] * 2}
+        longer = TrialSettings.from_budget(tasks, budget)
+        runs = list(train_on_seeds(base, dataset, longer, range(SEED_OFFSET, SEED_OFFSET + args.seeds)))
+        mean, std = summarize([r.test for r in runs])
+        epochs = [r.recorder.best_epoch + 1 for r in runs]
+        cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
+        gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
+        label = f"{base.get('numeric_encoding', 'standard')}, {budget['max_epochs']} epochs, patience {budget['patience']} (best epochs {epochs})"
+        print(f"| {label} | {methods[0]} | " + " | ".join(cells) + " | " + " | ".join(gaps) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -22,17 +22,21 @@ from ple_search.progress import Reporter
 from ple_search.search import open_study, run_search
 from ple_search.space import SearchSpace, parse_space
 
-WEIGHTING_KEYS = ("loss_weighting", "task_weights", "schedule_gamma", "dwa_temperature", "gradnorm_alpha")
-
-
 def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
-    """The study's space for one task: loss-weighting keys removed everywhere."""
+    """The study's space for one task: task-balancing keys (``weighting.HPARAM_KEYS``) removed
+    everywhere, and so is any parameter searched only under a removed key (``when``)."""
+    from ple_search.weighting import HPARAM_KEYS
+
     raw = copy.deepcopy(raw)
     raw["objectives"] = [task]
     for section in ("params", "fixed"):
-        for key in WEIGHTING_KEYS:
+        for key in HPARAM_KEYS:
             (raw.get(section) or {}).pop(key, None)
-    raw["enqueue"] = [{k: v for k, v in config.items() if k not in WEIGHTING_KEYS} for config in raw.get("enqueue") or []]
+    params = raw.get("params") or {}
+    removed = set(HPARAM_KEYS) | {n for n, spec in params.items() if isinstance(spec, dict) and set(spec.get("when") or {}) & set(HPARAM_KEYS)}
+    for name in removed:
+        params.pop(name, None)
+    raw["enqueue"] = [{k: v for k, v in config.items() if k not in removed} for config in raw.get("enqueue") or []]
     return parse_space(raw, where)
 
 

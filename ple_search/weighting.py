@@ -44,6 +44,7 @@ class LossWeighting(nn.Module):
     """Interface of a weighting scheme."""
 
     name: ClassVar[str]
+    keys: ClassVar[tuple[str, ...]] = ()  # the hyperparameters (PLEConfig keys) the scheme reads
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__()
@@ -81,6 +82,7 @@ class Fixed(LossWeighting):
     """Constant user-given weights (``task_weights``)."""
 
     name = "fixed"
+    keys = ('task_weights',)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -95,6 +97,7 @@ class Scheduled(LossWeighting):
     (``task_weights`` gives w_k0, ``schedule_gamma`` gives gamma_k)."""
 
     name = "scheduled"
+    keys = ('task_weights', 'schedule_gamma')
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -131,6 +134,7 @@ class DynamicWeightAverage(LossWeighting):
     mean losses; a task whose loss falls slowest gets the largest weight."""
 
     name = "dwa"
+    keys = ('dwa_temperature',)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -154,6 +158,7 @@ class GradNorm(LossWeighting):
     shared layer tracks mean_norm * (relative inverse training rate)^alpha; renormalised to sum T."""
 
     name = "gradnorm"
+    keys = ('gradnorm_alpha',)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -328,6 +333,7 @@ class CAGrad(GradientBalancing):
     average gradient (equal weighting)."""
 
     name = "cagrad"
+    keys = ('cagrad_c',)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -423,6 +429,7 @@ class FAMO(LossWeighting):
     below by 0, the paper's per-task minimum."""
 
     name = "famo"
+    keys = ('famo_lr', 'famo_gamma')
     wants_losses_after_step = True
     EPSILON: ClassVar[float] = 1e-8
 
@@ -464,6 +471,10 @@ SCHEMES: dict[str, type[LossWeighting]] = {
     cls.name: cls
     for cls in (Equal, Fixed, Scheduled, Uncertainty, DynamicWeightAverage, GradNorm, RandomLossWeighting, PCGrad, MGDA, CAGrad, AlignedMTL, NashMTL, FAMO)
 }
+
+
+# Every key that configures task balancing: what a single-task space drops (``baselines.py``).
+HPARAM_KEYS: tuple[str, ...] = ("loss_weighting", *sorted({key for cls in SCHEMES.values() for key in cls.keys}))
 
 
 def make_weighting(name: str, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> LossWeighting:

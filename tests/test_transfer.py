@@ -94,3 +94,16 @@ def test_confirm_stores_a_front_that_pareto_reads(study, capsys):
     assert main(["pareto", "--study", "tr", "--storage", study, "--confirmed"]) == 0
     assert "stay non-dominated" in capsys.readouterr().out
     assert main(["pareto", "--study", "tr", "--storage", study]) == 0  # the search view is untouched
+
+
+def test_the_census_space_yields_a_single_task_space_without_any_balancing_key():
+    from ple_search.baselines import single_task_space
+    from ple_search.space import find_space
+    from ple_search.weighting import HPARAM_KEYS
+
+    raw = yaml.safe_load(find_space("census").read_text())
+    raw["params"]["dropout"]["when"] = {"loss_weighting": ["pcgrad"]}  # searched only under a balancing method
+    space = single_task_space(raw, "income", "census single-task")
+    names = {p.name for p in space.params} | set(space.fixed)
+    assert not names & set(HPARAM_KEYS) and "dropout" not in names and "numeric_encoding" in names
+    assert all(not set(config) & set(HPARAM_KEYS) for config in space.enqueue)
