@@ -4,7 +4,8 @@ here: the pruner, ``confirm``, ``export`` and the reports all share these.
 
 The work is done by moocore (López-Ibáñez et al.), which ranks 10,000 points in milliseconds and
 computes hypervolumes with the dimension-sweep algorithms of Fonseca, Paquete and López-Ibáñez
-(2006) and Beume et al. (2009); 2-objective contributions in O(n log n).
+(2006) and Beume et al. (2009); 2-objective contributions in O(n log n). One objective (a
+single-task baseline study) is plain ordering, done here: moocore needs two columns.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def nondominated_ranks(values: np.ndarray, directions: Sequence[str]) -> np.ndar
     points = losses(values, directions)
     if len(points) == 0:
         return np.zeros(0, dtype=int)
+    if points.shape[1] == 1:  # rank = position among the distinct values
+        return np.unique(points[:, 0], return_inverse=True)[1].reshape(-1).astype(int)
     return np.asarray(moocore.pareto_rank(points), dtype=int)
 
 
@@ -35,7 +38,11 @@ def hypervolume(values: np.ndarray, directions: Sequence[str], reference: Sequen
     points = losses(values, directions)
     ref = losses(np.asarray([reference]), directions)[0]
     inside = points[np.all(points < ref, axis=1)] if len(points) else points
-    return float(moocore.hypervolume(inside, ref=ref)) if len(inside) else 0.0
+    if not len(inside):
+        return 0.0
+    if points.shape[1] == 1:
+        return float(ref[0] - inside[:, 0].min())
+    return float(moocore.hypervolume(inside, ref=ref))
 
 
 def hypervolume_contributions(values: np.ndarray, directions: Sequence[str], reference: Sequence[float]) -> np.ndarray:
@@ -45,6 +52,10 @@ def hypervolume_contributions(values: np.ndarray, directions: Sequence[str], ref
     ref = losses(np.asarray([reference]), directions)[0]
     contributions = np.zeros(len(points))
     inside = np.all(points < ref, axis=1) if len(points) else np.zeros(0, dtype=bool)
-    if inside.any():
+    if inside.any() and points.shape[1] == 1:  # only a unique best point contributes: up to the next
+        order = np.flatnonzero(inside)[np.argsort(points[inside, 0], kind="stable")]
+        following = points[order[1], 0] if len(order) > 1 else ref[0]
+        contributions[order[0]] = following - points[order[0], 0]
+    elif inside.any():
         contributions[inside] = moocore.hv_contributions(points[inside], ref=ref)
     return contributions

@@ -18,7 +18,7 @@ def peel(values: np.ndarray, directions: list[str]) -> np.ndarray:
     return ranks
 
 
-@pytest.mark.parametrize("n, directions", [(0, ["maximize", "maximize"]), (1, ["minimize"]), (40, ["maximize", "minimize"]),
+@pytest.mark.parametrize("n, directions", [(0, ["maximize", "maximize"]), (1, ["minimize"]), (30, ["maximize"]), (40, ["maximize", "minimize"]),
                                            (60, ["maximize", "maximize", "minimize"])])  # fmt: skip
 def test_ranks_match_the_definition_with_ties(n, directions):
     values = np.random.default_rng(n).integers(0, 5, size=(n, len(directions))).astype(float)  # many exact ties
@@ -30,6 +30,16 @@ def test_contributions_are_the_volume_each_point_alone_adds():
     # maximise both from reference (0, 0): each point's exclusive box is 1 x 1
     np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, 0.0]), [1.0, 1.0, 1.0])
     np.testing.assert_allclose(hypervolume_contributions(front, ["maximize", "maximize"], [0.0, -1.0]), [2.0, 1.0, 1.0])
+
+
+def test_one_objective_hypervolume_and_contributions_are_distances_along_the_line():
+    from ple_search.pareto import hypervolume
+
+    values = np.array([[0.7], [0.9], [0.8], [0.9], [0.4]])
+    assert hypervolume(values, ["maximize"], [0.5]) == pytest.approx(0.4)
+    np.testing.assert_allclose(hypervolume_contributions(values, ["maximize"], [0.5]), [0, 0, 0, 0, 0])  # the best is tied
+    np.testing.assert_allclose(hypervolume_contributions(values[[0, 1, 2, 4]], ["maximize"], [0.5]), [0, 0.1, 0, 0])
+    np.testing.assert_allclose(hypervolume_contributions(np.array([[1.0], [3.0]]), ["minimize"], [4.0]), [2.0, 0])
 
 
 def test_the_architecture_cell_names_a_numeric_encoding_other_than_standard():

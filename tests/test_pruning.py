@@ -153,3 +153,10 @@ def test_pruning_works_with_two_workers(tmp_path):
     states = [t.state.name for t in study.trials]
     assert states.count("PRUNED") + states.count("COMPLETE") == 8 and "RUNNING" not in states
     assert len({t.user_attrs.get("worker") for t in study.trials}) == 2
+
+
+def test_a_single_objective_study_prunes_too(tmp_path):
+    """Single-task baselines inherit the study's pruner: one objective is plain ordering."""
+    _, study = run_pruned(tmp_path, space={**SPACE, "objectives": ["y1"]})
+    states = [t.state.name for t in study.trials]
+    assert "FAIL" not in states and states.count("PRUNED") >= 1 and states.count("PRUNED") + states.count("COMPLETE") == 8
