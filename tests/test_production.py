@@ -190,3 +190,22 @@ def test_a_numeric_encoding_predicts_raw_rows_exactly_as_trained(study, tmp_path
     rows = raw[raw.split == "test"]
     probs = predict(module, preprocessor, rows, run=load_engine(out, "torchscript", module))
     assert abs(roc_auc_score((rows.click == "yes").astype(int), probs["click"]) - metrics["runs"]["0"]["test"]["click"]) < 1e-6
+
+
+def test_a_hashed_id_column_predicts_raw_rows_exactly_as_trained(study, tmp_path):
+    folder, _ = study
+    export(study, tmp_path, "--pick", "knee")
+    spec = folder / "events-hashed.yaml"
+    spec.write_text((folder / "events.yaml").read_text() + "hash_buckets: {country: 3}\n")
+    config = yaml.safe_load((tmp_path / "best.yaml").read_text())
+    config["dataset"] = {"name": str(spec)}
+    (tmp_path / "hashed.yaml").write_text(yaml.safe_dump(config))
+    out = tmp_path / "model"
+    assert main(["train", "--config", str(tmp_path / "hashed.yaml"), "--seeds", "1", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    module, preprocessor = ple_search.load_trained(out)
+    assert preprocessor.hash_buckets == {"country": 3} and module.schema.vocab_sizes == (4,)
+    raw = pd.read_csv(folder / "events.csv", dtype=str, keep_default_na=False)
+    rows = raw[raw.split == "test"]
+    probs = predict(module, preprocessor, rows)
+    assert abs(roc_auc_score((rows.click == "yes").astype(int), probs["click"]) - metrics["runs"]["0"]["test"]["click"]) < 1e-6
