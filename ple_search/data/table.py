@@ -264,7 +264,12 @@ def _build_columnar(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -
         raise columnar.Irregular("no rows")
     parts = None if split else _fraction_rows(reader.rows, spec["split"])
     mappings = {t["name"]: _label_mapping(t) for t in spec["tasks"] if t["type"] == "binary"}
-    return columnar.build(reader, spec, mappings, parts, info, str(file))
+    try:
+        return columnar.build(reader, spec, mappings, parts, info, str(file))
+    except DataError:
+        raise
+    except (columnar.pa.ArrowException, ValueError, TypeError) as exc:  # a column type Arrow cannot encode as asked
+        raise columnar.Irregular(str(exc)) from None
 
 
 def _build_pandas(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -> Dataset:
