@@ -1,4 +1,5 @@
-"""Ablation of a study's chosen config (issue 16): the same config with each numeric encoding, with
+"""Which numeric encodings and balancing methods a study's trials and front use, then an ablation
+of its chosen config (issue 16): the same config with each numeric encoding, with
 its balancing method and with equal weighting, each on fresh seeds (the confirm offset) under the
 study's budget; then the config itself with ``--longer`` times the epoch budget (same patience
 rule); test AUC mean +- std per task, against the study's GBDT yardstick.
@@ -18,10 +19,30 @@ import torch
 from ple_search.confirm import SEED_OFFSET
 from ple_search.metrics import summarize
 from ple_search.objective import TrialSettings, quiet_libraries, train_on_seeds
-from ple_search.record import HPARAMS, StudyRecord, objective_tasks
+from ple_search.pareto import nondominated_ranks
+from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
 from ple_search.search import load_study_and_data
 
 ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
+
+
+def usage_table(study, record: StudyRecord) -> None:
+    """Per (numeric encoding, balancing method): finished trials, front trials, best validation
+    value per objective."""
+    import numpy as np
+
+    trials = finished_trials(study)
+    ranks = nondominated_ranks(np.array([t.values for t in trials]), record.directions)
+    groups: dict[tuple[str, str], list] = {}
+    for trial, rank in zip(trials, ranks):
+        hp = trial.user_attrs[HPARAMS]
+        groups.setdefault((hp.get("numeric_encoding", "standard"), hp.get("loss_weighting", "equal")), []).append((trial, rank))
+    print("| numeric_encoding | balancing | finished trials | on the front | " + " | ".join(f"best val {o}" for o in record.objectives) + " |")
+    print("|---|---|---|---|" + "---|" * len(record.objectives))
+    for (encoding, method), members in sorted(groups.items(), key=lambda kv: (-sum(r == 0 for _, r in kv[1]), -len(kv[1]))):
+        best = [max if d == "maximize" else min for d in record.directions]
+        cells = [f"{pick(t.values[k] for t, _ in members):.4f}" for k, pick in enumerate(best)]
+        print(f"| {encoding} | {method} | {len(members)} | {sum(r == 0 for _, r in members)} | " + " | ".join(cells) + " |")
 
 
 def main() -> None:
@@ -48,7 +69,8 @@ def main() -> None:
     base = dict(study.trials[args.trial].user_attrs[HPARAMS])
     settings = TrialSettings.from_budget(tasks, record.budget)
     gbdt = record.gbdt
-    print(f"trial {args.trial}: {base}; budget {record.budget}")
+    usage_table(study, record)
+    print(f"\ntrial {args.trial}: {base}; budget {record.budget}")
     print(f"{args.seeds} seeds from {SEED_OFFSET}; GBDT test " + " / ".join(f"{t} {gbdt[t]['test_mean']:.4f}" for t in names if t in gbdt))
     print("| numeric_encoding | balancing | " + " | ".join(f"test {t}" for t in names) + " | " + " | ".join(f"vs GBDT {t}" for t in names) + " |")
     print("|---|---|" + "---|" * (2 * len(names)))

@@ -78,11 +78,14 @@ params:
 """
 
 
-def child(code: str, *args: str, env: dict | None = None, cgroup: Path | None = None) -> dict:
+def child(code: str, *args: str, env: dict | None = None, cgroup: Path | None = None, timeout: float = 1800) -> dict:
     command = [sys.executable, "-c", textwrap.dedent(code), *args]
     if cgroup is not None:  # join the cgroup before exec, so every page the child touches is charged to it
         command = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *command]
-    out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"still running after {timeout:.0f} s"}
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1], "returncode": out.returncode}
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -194,7 +197,11 @@ def main() -> None:
             memory = child(EPOCH, str(spec), "memory", str(args.threads), env=env)
             one = run_jobs(spec, 1, env)
             two = run_jobs(spec, 2, env)
-            limited = limited_epoch(spec, env, Path(cache), int(args.ram_limit * arrow["size"]) + arrow["base"], args.threads) if args.ram_limit else {}
+            # the cgroup gets a training process's own memory (its --jobs 1 PSS less the arrays)
+            # plus ram_limit x the arrays: the arrays cannot all be resident at once
+            runtime = max(one.get("workers_pss", 0) - arrow["size"], arrow["base"])
+            limit = int(runtime + args.ram_limit * arrow["size"])
+            limited = {**limited_epoch(spec, env, Path(cache), limit, args.threads), "limit": limit} if args.ram_limit else {}
         result = {"rows": rows, "arrow": arrow, "cached": cached, "pandas": pandas, "mapped": mapped, "memory": memory, "jobs1": one, "jobs2": two, "limited": limited}
         print(json.dumps(result), file=sys.stderr)
         rows_out.append(result)
@@ -218,8 +225,8 @@ def main() -> None:
     for r in rows_out:
         if r["limited"]:
             lim = r["limited"]
-            print(f"\n{r['rows']:,} rows in a memory cgroup limited to {args.ram_limit} x arrays + the process's baseline "
-                  f"({(args.ram_limit * r['arrow']['size'] + r['arrow']['base']) / GIB:.2f} GiB): "
+            print(f"\n{r['rows']:,} rows in a memory cgroup limited to a training process's own memory + {args.ram_limit} x arrays "
+                  f"({lim['limit'] / GIB:.2f} GiB; arrays {r['arrow']['size'] / GIB:.2f} GiB): "
                   f"mapped epoch {lim.get('mapped')}, cgroup peak {lim.get('max_usage', 0) / GIB:.2f} GiB; "
                   f"arrays copied into memory: {lim.get('memory')}")
 
