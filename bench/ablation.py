@@ -18,7 +18,8 @@ import torch
 
 from ple_search.confirm import SEED_OFFSET
 from ple_search.metrics import summarize
-from ple_search.objective import TrialSettings, quiet_libraries, train_on_seeds
+from ple_search.progress import quiet_libraries
+from ple_search.objective import TrialSettings, train_on_seeds
 from ple_search.pareto import nondominated_ranks
 from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
 from ple_search.search import load_study_and_data

@@ -14,7 +14,8 @@ import torch
 
 from ple_search.data import load
 from ple_search.data.batches import TensorBatches
-from ple_search.objective import TrialSettings, evaluate, quiet_libraries, train_config
+from ple_search.progress import quiet_libraries
+from ple_search.objective import TrialSettings, evaluate, train_config
 from ple_search.module import PLEModule
 
 PADDLEREC = {"levels": 2, "experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16], "tower_hidden": [8]}

@@ -209,24 +209,18 @@ def _resume_hint(argv: Sequence[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    import torch
-
-    from ple_search.objective import TrialSettings, quiet_libraries
-    from ple_search.progress import LiveReporter, LogReporter
+    from ple_search.progress import LiveReporter, LogReporter, quiet_libraries
     from ple_search.search import load_run_space, load_space_dataset, objectives_of, open_study, run_search
     from ple_search.storage import open_storage
 
     quiet_libraries()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    torch.set_num_threads(threads)
     storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period, retry_seconds=args.storage_retry, notify=_notice)
     space = load_run_space(args.study, storage, args.space)
     dataset = load_space_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
     budget = {**space.budget, **{k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience)) if v is not None}}
-    settings = TrialSettings.from_budget(
-        objectives_of(space, dataset), budget, seed=seed, accelerator=args.accelerator, tensorboard=args.tensorboard, experiment=args.study,
-    )  # fmt: skip
+    objectives = objectives_of(space, dataset)
     tracker = _tracker(args, args.study)
     study = open_study(
         args.study, storage, space, dataset, sampler=args.sampler, seed=seed,
@@ -235,8 +229,16 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     if args.worker is None:
         err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
         err.print(_data_line(dataset, space))
-    if args.jobs > 1:
+    if args.jobs > 1:  # the parent coordinates: the training engine (Lightning) loads in the workers only
         return _run_parallel(args, argv, study, threads)
+    import torch
+
+    from ple_search.objective import TrialSettings
+
+    torch.set_num_threads(threads)
+    settings = TrialSettings.from_budget(
+        objectives, budget, seed=seed, accelerator=args.accelerator, tensorboard=args.tensorboard, experiment=args.study,
+    )  # fmt: skip
     reporter_cls = LogReporter if args.quiet else LiveReporter
     display = reporter_cls(study, args.trials, err)
     if tracker is not None:
@@ -395,7 +397,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
     from ple_search.export import load_config
-    from ple_search.objective import quiet_libraries
+    from ple_search.progress import quiet_libraries
     from ple_search.production import load_config_dataset, train
 
     quiet_libraries()
@@ -431,7 +433,7 @@ def _study_and_data(args: argparse.Namespace):
     """The study named by ``--study`` and its dataset, as ``run`` stored them."""
     import torch
 
-    from ple_search.objective import quiet_libraries
+    from ple_search.progress import quiet_libraries
     from ple_search.search import load_study_and_data
 
     quiet_libraries()

@@ -7,10 +7,8 @@ of that epoch are stored for reporting and never used for selection.
 
 from __future__ import annotations
 
-import logging
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -29,16 +27,6 @@ from ple_search.space import SearchSpace
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
 StopCheck = Callable[[int, dict[str, float]], bool]  # (epochs done, best metrics so far) -> stop?
-
-
-def quiet_libraries() -> None:
-    """Lightning's per-trainer banners and Optuna's per-trial logs are noise beside our display."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 
 def score(metrics: dict[str, float], objectives: Sequence[Task]) -> float:

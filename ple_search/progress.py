@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+import warnings
 from typing import Any, Protocol
 
 import optuna
@@ -13,6 +15,16 @@ from rich.table import Table
 
 from ple_search.record import FAIL_REASON, PRUNED_AT, TRAIN_SECONDS, count_finished
 from ple_search.report import front_summary
+
+
+def quiet_libraries() -> None:
+    """Lightning's per-trainer banners and Optuna's per-trial logs are noise beside our display."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*LeafSpec.*")
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
 class Reporter(Protocol):
     """What the search loop tells its progress display."""

@@ -14,7 +14,6 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search._version import __version__
 from ple_search.data import Dataset, absolute_spec
 from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
-from ple_search.objective import TrialSettings, run_trial
 from ple_search.parallel import reclaim_stale_trials, worker_id
 from ple_search.record import (
     DEVICE, DUPLICATE_OF, FAIL_REASON, META_KEY, RETRY_OF, TRAIN_SECONDS, WORKER, count_finished, directions_of, objective_tasks,
@@ -23,7 +22,8 @@ from ple_search.record import (
 from ple_search.space import SearchSpace
 from ple_search.storage import with_retry
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the training engine (Lightning) loads only in processes that train:
+    from ple_search.objective import TrialSettings  # a --jobs parent coordinates without it
     from ple_search.progress import Reporter
 
 MAX_CONSECUTIVE_FAILURES = 10
@@ -342,6 +342,8 @@ class TrialRun:
             twin = completed_twin(self.study, trial)
             if twin is not None:
                 return reuse_twin(trial, twin)
+            from ple_search.objective import run_trial
+
             return run_trial(trial, self.space, self.dataset, self.settings, hook=self.reporter.epoch)
         except BaseException as exc:  # noqa: BLE001 - classified, recorded and re-raised below
             raise _outcome(trial, exc) from None

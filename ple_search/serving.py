@@ -80,6 +80,15 @@ def export_onnx(module: PLEModule, path: Path, example: tuple[Tensor, Tensor]) -
         )  # fmt: skip
 
 
+def _typed(run: Engine) -> Engine:
+    """Any integer codes (the training arrays are int32) and float numerics, as the graphs take them."""
+
+    def typed(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
+        return run(np.ascontiguousarray(cat, dtype=np.int64), np.ascontiguousarray(num, dtype=np.float32))
+
+    return typed
+
+
 def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | None = None, onnx_path: Path | None = None, threads: int | None = None) -> Engine:
     """A callable running the serving graph with ``name``: ``torchscript`` (``scripted``, else a
     fresh trace), ``onnx`` (``onnx_path``, else a fresh export to a temporary file) or ``eager``."""
@@ -93,7 +102,7 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
             with torch.no_grad():
                 return serving(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
 
-        return run_eager
+        return _typed(run_eager)
     if name == "torchscript":
         graph = scripted if scripted is not None else torchscript(module, example_inputs(module, 2))
 
@@ -101,7 +110,7 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
             with torch.no_grad():
                 return graph(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
 
-        return run_script
+        return _typed(run_script)
     if onnx_path is None:
         import tempfile
 
@@ -120,4 +129,4 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
     def run_onnx(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
         return session.run(None, {"cat": cat, "num": num})[0]
 
-    return run_onnx
+    return _typed(run_onnx)
