@@ -87,7 +87,9 @@ def child(code: str, *args: str, env: dict | None = None, cgroup: Path | None = 
     except subprocess.TimeoutExpired:
         return {"error": f"still running after {timeout:.0f} s"}
     if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or [f"exit {out.returncode}"])[-1], "returncode": out.returncode}
+        if out.returncode == -9:
+            return {"error": "killed by SIGKILL (out of memory)", "returncode": -9}
+        return {"error": f"exit {out.returncode}: " + (out.stderr.strip().splitlines() or [""])[-1], "returncode": out.returncode}
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -154,20 +156,28 @@ def drop_page_cache(folder: Path) -> None:
             os.close(fd)
 
 
-def limited_epoch(spec: Path, env: dict, cache: Path, limit: int, threads: int) -> dict:
+def limited_epoch(spec: Path, env: dict, cache: Path, size: int, fraction: float, threads: int) -> dict:
+    """The mapped epoch in a memory cgroup: once unlimited, to measure what it charges (its own
+    memory plus the arrays it pages in), then limited to that less (1 - fraction) of the arrays, so
+    they cannot all be resident; then the same with the arrays copied into process memory."""
     root = Path("/sys/fs/cgroup/memory")
     if not os.access(root, os.W_OK):
         return {"error": "no writable cgroup v1 memory controller (run as root)"}
     group = root / f"ple-scale-{os.getpid()}"
     group.mkdir()
     try:
+        drop_page_cache(cache)
+        result = {"unlimited": child(EPOCH, str(spec), "mapped", str(threads), env=env, cgroup=group)}
+        result["unlimited_usage"] = int((group / "memory.max_usage_in_bytes").read_text())
+        limit = int(result["unlimited_usage"] - (1 - fraction) * size)
         (group / "memory.limit_in_bytes").write_text(str(limit))
         if (group / "memory.memsw.limit_in_bytes").exists():
             (group / "memory.memsw.limit_in_bytes").write_text(str(limit))  # no swapping around it
-        drop_page_cache(cache)
-        result = {"mapped": child(EPOCH, str(spec), "mapped", str(threads), env=env, cgroup=group)}
-        result["max_usage"] = int((group / "memory.max_usage_in_bytes").read_text())
         (group / "memory.max_usage_in_bytes").write_text("0")
+        drop_page_cache(cache)
+        result["limit"] = limit
+        result["mapped"] = child(EPOCH, str(spec), "mapped", str(threads), env=env, cgroup=group)
+        result["max_usage"] = int((group / "memory.max_usage_in_bytes").read_text())
         drop_page_cache(cache)
         result["memory"] = child(EPOCH, str(spec), "memory", str(threads), env=env, cgroup=group)
         return result
@@ -197,11 +207,8 @@ def main() -> None:
             memory = child(EPOCH, str(spec), "memory", str(args.threads), env=env)
             one = run_jobs(spec, 1, env)
             two = run_jobs(spec, 2, env)
-            # the cgroup gets a training process's own memory (its --jobs 1 PSS less the arrays)
-            # plus ram_limit x the arrays: the arrays cannot all be resident at once
-            runtime = max(one.get("workers_pss", 0) - arrow["size"], arrow["base"])
-            limit = int(runtime + args.ram_limit * arrow["size"])
-            limited = {**limited_epoch(spec, env, Path(cache), limit, args.threads), "limit": limit} if args.ram_limit else {}
+            train_size = int(0.8 * arrow["size"])  # what the epoch pages in: the train split (80% of rows)
+            limited = limited_epoch(spec, env, Path(cache), train_size, args.ram_limit, args.threads) if args.ram_limit else {}
         result = {"rows": rows, "arrow": arrow, "cached": cached, "pandas": pandas, "mapped": mapped, "memory": memory, "jobs1": one, "jobs2": two, "limited": limited}
         print(json.dumps(result), file=sys.stderr)
         rows_out.append(result)
@@ -223,13 +230,15 @@ def main() -> None:
             f"{j2.get('parent_pss', 0) / GIB:.2f} | {j2.get('workers_rss', 0) / GIB:.2f} |"
         )
     for r in rows_out:
-        if r["limited"]:
-            lim = r["limited"]
-            print(f"\n{r['rows']:,} rows in a memory cgroup limited to a training process's own memory + {args.ram_limit} x arrays "
-                  f"({lim['limit'] / GIB:.2f} GiB; arrays {r['arrow']['size'] / GIB:.2f} GiB): "
-                  f"mapped epoch {lim.get('mapped')}, cgroup peak {lim.get('max_usage', 0) / GIB:.2f} GiB; "
-                  f"arrays copied into memory: {lim.get('memory')}")
-
+        lim = r["limited"]
+        if lim and "limit" in lim:
+            rate = lambda run: f"{run['samples_per_s']:,.0f} samples/s" if "samples_per_s" in run else f"failed ({run.get('error')})"  # noqa: E731
+            print(f"\n{r['rows']:,} rows, one epoch in a memory cgroup (train arrays {0.8 * r['arrow']['size'] / GIB:.2f} GiB): "
+                  f"unlimited it charged {lim['unlimited_usage'] / GIB:.2f} GiB ({rate(lim['unlimited'])}); limited to "
+                  f"{lim['limit'] / GIB:.2f} GiB (so at most {args.ram_limit:.0%} of the train arrays fit): mapped {rate(lim['mapped'])}, "
+                  f"peak {lim['max_usage'] / GIB:.2f} GiB; arrays copied into process memory: {rate(lim['memory'])}")
+        elif lim:
+            print(f"\n{r['rows']:,} rows in a memory cgroup: {lim.get('error')}")
 
 if __name__ == "__main__":
     main()
