@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ple_search.data.dataset import SPLITS, Dataset, Split
+from ple_search.data.dataset import SPLITS, Dataset, Split, numeric_quantiles
 from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, standardise
 from ple_search.data.schema import Schema, Task
 from ple_search.errors import DataError
@@ -206,15 +206,17 @@ def build(
     stats: dict[str, dict[str, Any]] = {}
     for j, col in enumerate(numeric):
         values = to_float(reader.column(col), nan_is_missing=reader.fmt == "parquet")
+        if not values.flags.writeable:
+            values = values.copy()  # a zero-copy view of Arrow's buffer: standardised in place below
         if col in log1p:
             if (values[~np.isnan(values)] <= -1).any():
                 raise Irregular("log1p of a value <= -1")
-            values = np.log1p(values)
+            np.log1p(values, out=values)
         stats[col] = Preprocessor.numeric_stats(values[train], col in log1p)
-        standard = standardise(values, stats[col])
+        standardise(values, stats[col], in_place=True)
         for name, rows in parts.items():
-            arrays[name][1][:, j] = standard[rows]
-        del values, standard
+            arrays[name][1][:, j] = values[rows]  # float64 -> float32 on assignment, as the pandas path
+        del values
         _give_back_memory()
     labels = []
     for task in spec["tasks"]:
@@ -224,9 +226,13 @@ def build(
         else:
             labels.append(binary_labels(column, label_mappings[task["name"]]))
     label_array = np.stack(labels, axis=1)
+    del labels
     pre = Preprocessor(vocabularies, stats, buckets)
     splits = {name: Split.from_numpy(*arrays[name], label_array[rows]) for name, rows in parts.items()}
-    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tuple(Task(t["name"], t["type"]) for t in spec["tasks"]))
+    del label_array
+    _give_back_memory()
+    tasks = tuple(Task(t["name"], t["type"]) for t in spec["tasks"])
+    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tasks, numeric_quantiles(splits["train"].num))
     dataset = Dataset(schema, splits["train"], splits["val"], splits["test"], pre, info)
     dataset.check_labels(where)
     return dataset

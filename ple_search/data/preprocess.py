@@ -78,12 +78,14 @@ def hashed_codes(texts: Sequence[str] | np.ndarray, buckets: int) -> np.ndarray:
     )  # fmt: skip
 
 
-def standardise(values: np.ndarray, stats: Mapping[str, Any]) -> np.ndarray:
-    """``(values - mean) / std`` as float32, missing values at 0 (the train mean)."""
-    standard = values - stats["mean"]  # one float64 temporary, then in place
+def standardise(values: np.ndarray, stats: Mapping[str, Any], *, in_place: bool = False) -> np.ndarray:
+    """``(values - mean) / std`` (float64; callers store it as float32), missing values at 0 (the
+    train mean); ``in_place`` overwrites ``values`` instead of allocating a copy."""
+    standard = values if in_place else values.astype(np.float64, copy=True)
+    standard -= stats["mean"]
     standard /= stats["std"]
     standard[np.isnan(standard)] = 0.0
-    return standard.astype(np.float32)
+    return standard
 
 
 @dataclass
