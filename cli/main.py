@@ -16,7 +16,7 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from rich.console import Console
 
-from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError
+from ple_search.errors import Interrupted, PLESearchError, StorageError
 from ple_search.storage import DEFAULT_STORAGE, mask_url
 
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # messages quote [extras] and paths verbatim

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from ple_search import objective, search
+from ple_search import objective
 from ple_search.cli.main import main
 
 SPACE = {

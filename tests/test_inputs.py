@@ -1,7 +1,6 @@
 """Bad inputs are one line naming the file/key/column/flag and exit 2, checked before any work;
 inputs that mean the same thing give the same result (file types, unquoted YAML words, units)."""
 
-import math
 import subprocess
 import sys
 

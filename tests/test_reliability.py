@@ -14,7 +14,6 @@ import yaml
 
 from ple_search import files
 from ple_search.cli.main import main
-from ple_search.errors import StorageError
 from ple_search.storage import open_storage
 
 SPACE = {

@@ -26,7 +26,6 @@ import pyarrow.compute as pc
 from ple_search.data.dataset import SPLITS, Dataset, Split, numeric_quantiles
 from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, standardise
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import DataError
 
 
 class Irregular(Exception):
@@ -238,4 +237,3 @@ def build(
     return dataset
 
 
-__all__ = ["Irregular", "Reader", "build", "DataError"]
