@@ -22,6 +22,7 @@ from ple_search.progress import Reporter
 from ple_search.search import open_study, run_search
 from ple_search.space import SearchSpace, parse_space
 
+
 def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
     """The study's space for one task: task-balancing keys (``weighting.HPARAM_KEYS``) removed
     everywhere, and so is any parameter searched only under a removed key (``when``)."""
@@ -29,13 +30,11 @@ def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace
 
     raw = copy.deepcopy(raw)
     raw["objectives"] = [task]
-    for section in ("params", "fixed"):
-        for key in HPARAM_KEYS:
-            (raw.get(section) or {}).pop(key, None)
     params = raw.get("params") or {}
     removed = set(HPARAM_KEYS) | {n for n, spec in params.items() if isinstance(spec, dict) and set(spec.get("when") or {}) & set(HPARAM_KEYS)}
-    for name in removed:
-        params.pop(name, None)
+    for section in (params, raw.get("fixed") or {}):
+        for name in removed:
+            section.pop(name, None)
     raw["enqueue"] = [{k: v for k, v in config.items() if k not in removed} for config in raw.get("enqueue") or []]
     return parse_space(raw, where)
 

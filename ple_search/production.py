@@ -164,7 +164,7 @@ def predict(
     if run is None:
         outputs = module.predict_outputs(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
     else:
-        outputs = run(np.ascontiguousarray(cat, dtype=np.int64), np.ascontiguousarray(num, dtype=np.float32))
+        outputs = run(cat, num)  # engines take the codes and numerics as transform returns them
     result = pd.DataFrame(outputs, columns=module.schema.task_names, index=frame.index)
     if weights:
         types = {t.name: t.type for t in module.schema.tasks}

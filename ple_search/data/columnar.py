@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ple_search.data.dataset import SPLITS, Dataset, Split, numeric_quantiles
-from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, standardise
+from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, log1p_checked, standardise
 from ple_search.data.schema import Schema, Task
 
 
@@ -50,18 +50,18 @@ class Reader:
             if fmt == "parquet":
                 import pyarrow.parquet as pq
 
-                names = pq.read_schema(file).names
-                strings = [c for c in dictionary if c in names and pa.types.is_string(pq.read_schema(file).field(c).type)]
+                schema = pq.read_schema(file)
+                names = schema.names
+                strings = [c for c in dictionary if c in names and pa.types.is_string(schema.field(c).type)]
                 self._parquet = pq.ParquetFile(file, read_dictionary=strings)
                 self._table = None
             else:
                 import pyarrow.csv as pacsv
 
-                header = pacsv.open_csv(file).schema.names
-                names = header
-                wanted = [c for c in (*dictionary, *numeric) if c in header]
-                types = {c: pa.dictionary(pa.int32(), pa.string()) for c in dictionary if c in header}
-                types.update({c: pa.float64() for c in numeric if c in header})
+                names = pacsv.open_csv(file).schema.names
+                wanted = [c for c in (*dictionary, *numeric) if c in names]
+                types = {c: pa.dictionary(pa.int32(), pa.string()) for c in dictionary if c in names}
+                types.update({c: pa.float64() for c in numeric if c in names})
                 self._table = pacsv.read_csv(
                     file,
                     read_options=pacsv.ReadOptions(use_threads=True, block_size=1 << 24),
@@ -208,9 +208,7 @@ def build(
         if not values.flags.writeable:
             values = values.copy()  # a zero-copy view of Arrow's buffer: standardised in place below
         if col in log1p:
-            if (values[~np.isnan(values)] <= -1).any():
-                raise Irregular("log1p of a value <= -1")
-            np.log1p(values, out=values)
+            log1p_checked(values, where, col, out=values)
         stats[col] = Preprocessor.numeric_stats(values[train], col in log1p)
         standardise(values, stats[col], in_place=True)
         for name, rows in parts.items():

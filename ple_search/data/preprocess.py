@@ -1,9 +1,10 @@
 """Preprocessing fitted on the train split only, saved as plain JSON (never pickle).
 
 Categorical columns become int codes: 0 is the shared "other" code for values unseen in train or
-rarer than ``min_count``; a column with ``hash_buckets: N`` keeps no vocabulary and maps each value
-to 1 + (a stable hash of its text mod N), so IDs that keep appearing never grow the model; numeric columns are optionally log1p-transformed, then standardised with
-the train mean and standard deviation; missing numeric values become the train mean (0).
+rarer than ``min_count``; a column with ``hash_buckets: N`` keeps no vocabulary and maps each
+value to 1 + (a stable hash of its text mod N), so IDs that keep appearing never grow the model;
+numeric columns are optionally log1p-transformed, then standardised with the train mean and
+standard deviation; missing numeric values become the train mean (0).
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class Preprocessor:
         for col in numeric:
             values = to_numeric(frame[col], where, col)
             if col in log1p:
-                values = _log1p(values, where, col)
+                values = log1p_checked(values, where, col)
             stats[col] = cls.numeric_stats(values, col in log1p)
         return cls(vocab, stats, buckets)
 
@@ -156,7 +157,7 @@ class Preprocessor:
         for j, (col, s) in enumerate(self.numeric.items()):
             values = to_numeric(frame[col], where, col)
             if s["log1p"]:
-                values = _log1p(values, where, col)
+                values = log1p_checked(values, where, col)
             num[:, j] = standardise(values, s)
         return codes, num
 
@@ -168,7 +169,8 @@ class Preprocessor:
         return cls(dict(data["categorical"]), dict(data["numeric"]), {k: int(v) for k, v in (data.get("hash_buckets") or {}).items()})
 
 
-def _log1p(values: np.ndarray, where: str, column: str) -> np.ndarray:
+def log1p_checked(values: np.ndarray, where: str, column: str, out: np.ndarray | None = None) -> np.ndarray:
+    """``log1p`` of a column listed for it (into ``out`` when given); a value <= -1 is a ``DataError``."""
     if (values[~np.isnan(values)] <= -1).any():
         raise DataError(f"{where}: column '{column}' is listed for log1p but has values <= -1")
-    return np.log1p(values)
+    return np.log1p(values, out=out)
