@@ -7,8 +7,9 @@ Per size, each measure in a fresh process (so peaks do not mix), the reference i
 * one training epoch of a small PLE at batch 4,096: samples/s from the mapped cache against the
   same arrays copied into process memory;
 * ``ple-search run --jobs 1`` and ``--jobs 2`` (two 1-epoch trials): peak summed PSS of the
-  workers (PSS splits shared pages between the processes that map them; RSS would count the
-  shared cache once per process) and of the parent; and peak summed RSS for comparison;
+  worker side (the workers and the fork server they are forked from, whose imported pages they
+  share; PSS splits shared pages between the processes that map them, RSS would count the shared
+  cache and imports once per process), of the parent, and of all processes; and peak summed RSS;
 * larger than memory (``--ram-limit``, needs a writable cgroup v1 memory controller, i.e. root):
   the epoch again, in a memory cgroup whose limit is below the arrays' size, with the cache
   files dropped from the page cache first.
@@ -124,7 +125,8 @@ def _memory(pid: int) -> tuple[int, int]:
 
 
 def run_jobs(spec: Path, jobs: int, env: dict) -> dict:
-    """Peak summed PSS/RSS of the workers (the python processes below the parent) and the parent."""
+    """Peak summed PSS/RSS of the worker side (every process below the parent: the workers, the
+    fork server, multiprocessing's resource tracker), of the parent and of all."""
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "space.yaml"
         space.write_text(SPACE.format(spec=spec.resolve()))
@@ -214,8 +216,8 @@ def main() -> None:
         print(json.dumps(result), file=sys.stderr)
         rows_out.append(result)
     print(f"threads {args.threads}; sizes in GiB; peak RSS is the process's (ru_maxrss), 'load' subtracts its RSS after imports")
-    print("| rows | arrays | first load, Arrow | first load, pandas | speed-up | peak RSS Arrow (load) | x arrays | peak RSS pandas (load) | cached load | epoch samples/s mapped / in memory | ratio | --jobs 1 PSS | --jobs 2 workers' PSS | ratio | --jobs 2 parent PSS | --jobs 2 workers' RSS |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| rows | arrays | first load, Arrow | first load, pandas | speed-up | peak RSS Arrow (load) | x arrays | peak RSS pandas (load) | cached load | epoch samples/s mapped / in memory | ratio | --jobs 1 PSS | --jobs 2 workers' PSS (with fork server) | ratio | --jobs 2 parent PSS | all processes, ratio to --jobs 1 | --jobs 2 workers' RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows_out:
         a, p = r["arrow"], r["pandas"]
         load_a = (a["peak"] - a["base"]) / GIB
@@ -228,7 +230,7 @@ def main() -> None:
             f"| {r['rows']:,} | {a['size'] / GIB:.2f} | {a['seconds']:.1f} s | {pandas_s} | {speed} | {a['peak'] / GIB:.2f} ({load_a:.2f}) | "
             f"{load_a / (a['size'] / GIB):.2f} | {pandas_rss} | {r['cached']['seconds']:.2f} s | {m:,.0f} / {mem:,.0f} | {m / mem if mem else 0:.2f} | "
             f"{j1.get('workers_pss', 0) / GIB:.2f} | {j2.get('workers_pss', 0) / GIB:.2f} | {j2.get('workers_pss', 0) / max(j1.get('workers_pss', 1), 1):.2f} | "
-            f"{j2.get('parent_pss', 0) / GIB:.2f} | {j2.get('workers_rss', 0) / GIB:.2f} |"
+            f"{j2.get('parent_pss', 0) / GIB:.2f} | {j2.get('total_pss', 0) / max(j1.get('total_pss', 1), 1):.2f} | {j2.get('workers_rss', 0) / GIB:.2f} |"
         )
     for r in rows_out:
         lim = r["limited"]

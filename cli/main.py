@@ -19,8 +19,14 @@ from rich.console import Console
 from ple_search.errors import Interrupted, PLESearchError, StorageError
 from ple_search.storage import DEFAULT_STORAGE, mask_url
 
-err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)  # messages quote [extras] and paths verbatim
-out = Console(highlight=False, markup=False)
+
+
+def _consoles() -> tuple[Console, Console]:
+    """stderr (messages, which quote [extras] and paths verbatim) and stdout."""
+    return Console(stderr=True, highlight=False, soft_wrap=True, markup=False), Console(highlight=False, markup=False)
+
+
+err, out = _consoles()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -302,7 +308,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
     reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
     with reporter:
         errors, interrupted = run_workers(
-            argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick, devices=_worker_devices(args),
+            worker_main, argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick, devices=_worker_devices(args),
         )  # fmt: skip
     if interrupted:
         _print_resume(study, args, argv)
@@ -542,6 +548,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+def worker_main(argv: Sequence[str]) -> int:
+    """``main`` in a ``--jobs`` worker (``parallel``): the consoles are made again, as this module
+    may have been imported before the worker's stderr became its pipe to the parent."""
+    global err, out
+    err, out = _consoles()
+    return main(argv)
 
 
 if __name__ == "__main__":

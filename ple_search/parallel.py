@@ -1,22 +1,33 @@
 """``ple-search run --jobs N``: N worker processes on one machine sharing one study.
 
-Each worker is the same ``ple-search run`` command with ``--jobs 1`` and its share of the cores;
-the study, its target and the trial numbering live in the storage, so workers need no other
+Each worker runs the same ``ple-search run`` arguments with ``--jobs 1`` and its share of the
+cores; the study, its target and the trial numbering live in the storage, so workers need no other
 coordination. The parent shows one display for all, forwards SIGINT/SIGTERM to the workers, and
 when a worker dies abnormally (e.g. SIGKILL) marks the trial it was running FAIL and enqueues its
 config once more, which also covers storages without heartbeats (the journal file).
+
+Why a fork server: a worker's own memory is mostly its imports (torch, Lightning and what they pull
+in: about 0.35 GiB of Python objects and relocated library data per process), and the data is
+already shared through the memory-mapped cache. Workers are forked from one process that imported
+all of that once (``multiprocessing``'s fork server, ``PRELOAD``), so those pages are shared
+copy-on-write instead of held once per worker. The fork server imports but never computes, so no
+thread pool or CUDA context exists to be forked; each worker starts its own session, environment
+(its GPU via ``CUDA_VISIBLE_DEVICES``) and stderr pipe to the parent.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import gc
+import multiprocessing
 import os
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
+from multiprocessing.connection import Connection
 from typing import Callable, Sequence
 
 import optuna
@@ -27,6 +38,11 @@ from ple_search.errors import Interrupted
 from ple_search.record import FAIL_REASON, RETRY_OF, WORKER
 
 WorkerLine = Callable[[int, str], None]
+WorkerEntry = Callable[[list[str]], int]  # the CLI's main for one worker's arguments
+
+# What a worker imports, loaded once by the fork server (an ImportError there is skipped, and the
+# worker imports what is missing itself). Not the CLI module: its consoles must see the worker's pipe.
+PRELOAD = ("ple_search.data", "ple_search.storage", "ple_search.search", "ple_search.objective")
 
 
 def worker_id(pid: int | None = None) -> str:
@@ -85,7 +101,7 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_command(argv: Sequence[str], threads: int, index: int) -> list[str]:
+def worker_arguments(argv: Sequence[str], threads: int, index: int) -> list[str]:
     """The parent's arguments minus ``--jobs/--threads/--quiet``, as quiet worker ``index``
     (which offsets its sampler seed so workers do not propose the same configs)."""
     args, skip = [], False
@@ -100,52 +116,80 @@ def worker_command(argv: Sequence[str], threads: int, index: int) -> list[str]:
         if arg == "--quiet":
             continue
         args.append(arg)
-    return [sys.executable, "-m", "ple_search.cli.main", *args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker", str(index)]
+    return [*args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker", str(index)]
 
 
 def worker_env(index: int, devices: Sequence[str] | None) -> dict[str, str]:
     """Worker ``index``'s environment: with ``devices`` (GPU indices), round-robin one of them as
     its only visible device (``CUDA_VISIBLE_DEVICES``), so N workers spread over G GPUs."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = dict(os.environ)
     if devices:
         env["CUDA_VISIBLE_DEVICES"] = str(devices[index % len(devices)])
     return env
 
 
+def _fork_server() -> multiprocessing.context.BaseContext:
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(list(PRELOAD))
+    return context
+
+
+def _worker(entry: WorkerEntry, args: list[str], env: dict[str, str], stderr: Connection) -> None:
+    """A worker process, just forked from the fork server (which has the parent's working folder
+    already): its own session (the parent forwards signals), death with its parent, the parent's
+    environment as of now plus its device, stdout discarded and stderr the pipe the parent reads."""
+    os.setsid()
+    _die_with_parent()
+    gc.freeze()  # the inherited objects stay out of collections, which would write to their pages
+    os.environ.clear()
+    os.environ.update(env)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(stderr.fileno(), 2)
+    os.close(devnull)
+    stderr.close()
+    sys.argv = [sys.argv[0], *args]
+    try:
+        sys.exit(entry(args))
+    finally:
+        atexit._run_exitfuncs()  # a forked child leaves with os._exit; flush what the run registered
+
+
 class Workers:
     """Start, watch and stop the worker processes."""
 
-    def __init__(self, commands: list[list[str]], on_line: WorkerLine, devices: Sequence[str] | None = None) -> None:
-        self.commands, self.on_line, self.devices = commands, on_line, devices
-        self.procs: list[subprocess.Popen] = []
+    def __init__(self, entry: WorkerEntry, arguments: list[list[str]], on_line: WorkerLine, devices: Sequence[str] | None = None) -> None:
+        self.entry, self.arguments, self.on_line, self.devices = entry, arguments, on_line, devices
+        self.procs: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
 
     def start(self) -> None:
-        for i, command in enumerate(self.commands):
-            proc = subprocess.Popen(
-                command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                env=worker_env(i, self.devices), preexec_fn=_die_with_parent, start_new_session=True,
-            )  # fmt: skip
+        context = _fork_server()
+        for i, args in enumerate(self.arguments):
+            reader, writer = context.Pipe(duplex=False)
+            proc = context.Process(target=_worker, args=(self.entry, args, worker_env(i, self.devices), writer), name=f"worker {i}")
+            proc.start()
+            writer.close()  # the worker holds the write end now: its exit ends the pump
             self.procs.append(proc)
-            threading.Thread(target=self._pump, args=(i, proc), daemon=True).start()
+            threading.Thread(target=self._pump, args=(i, reader), daemon=True).start()
 
-    def _pump(self, index: int, proc: subprocess.Popen) -> None:
-        for line in proc.stderr:
-            self.on_line(index, line.rstrip())
+    def _pump(self, index: int, reader: Connection) -> None:
+        with reader, open(os.dup(reader.fileno()), encoding="utf-8", errors="replace") as lines:
+            for line in lines:
+                self.on_line(index, line.rstrip())
 
     def stop(self, timeout: float = 60.0) -> None:
         """SIGTERM every live worker (each fails its running trial and exits), SIGKILL stragglers."""
         self.stopping = True
         for proc in self.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
+            if proc.is_alive():
+                proc.terminate()
         deadline = time.monotonic() + timeout
         for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+            proc.join(max(0.1, deadline - time.monotonic()))
+            if proc.exitcode is None:
                 proc.kill()
-                proc.wait()
+                proc.join()
 
     def supervise(self, study: optuna.Study, tick: Callable[[], None], console: Console) -> int:
         """Wait for every worker; recover the trials of any that dies abnormally. Returns the
@@ -155,7 +199,7 @@ class Workers:
         while True:
             alive = 0
             for i, proc in enumerate(self.procs):
-                code = proc.poll()
+                code = proc.exitcode
                 if code is None:
                     alive += 1
                 elif i not in seen:
@@ -173,11 +217,12 @@ class Workers:
 
 
 def run_workers(
-    argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine, tick: Callable[[], None],
-    devices: Sequence[str] | None = None,
+    entry: WorkerEntry, argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine,
+    tick: Callable[[], None], devices: Sequence[str] | None = None,
 ) -> tuple[int, bool]:
-    """Run ``jobs`` workers to the end; returns (workers that failed, whether interrupted)."""
-    workers = Workers([worker_command(argv, threads, i) for i in range(jobs)], on_line, devices)
+    """Run ``jobs`` workers of ``entry`` (the CLI's main) to the end; returns (workers that failed,
+    whether interrupted)."""
+    workers = Workers(entry, [worker_arguments(argv, threads, i) for i in range(jobs)], on_line, devices)
     workers.start()
     try:
         return workers.supervise(study, tick, console), False
@@ -185,5 +230,5 @@ def run_workers(
         workers.stop()
         return 0, True
     finally:
-        if not workers.stopping and any(p.poll() is None for p in workers.procs):
+        if not workers.stopping and any(p.exitcode is None for p in workers.procs):
             workers.stop()

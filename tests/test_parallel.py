@@ -69,13 +69,19 @@ def long_trials(space):
     return raw
 
 
-def children_of(pid, count, timeout=60):
-    """The pids of at least ``count`` child processes of ``pid``."""
+def children_of(pid):
+    return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
+
+
+def workers_of(pid, count, timeout=60):
+    """The pids of ``count`` workers of parent ``pid``: the children of its children (the fork
+    server's), and every process below ``pid``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        children = [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
-        if len(children) >= count:
-            return children
+        below = children_of(pid)
+        workers = [w for c in below for w in children_of(c)]
+        if len(workers) >= count:
+            return workers, below + workers
         time.sleep(0.2)
     raise AssertionError(f"process {pid} did not start {count} workers")
 
@@ -147,7 +153,7 @@ def test_sigkilled_worker_of_jobs_2_is_recovered_by_the_parent(tmp_path, space):
     long_trials(space)
     storage = str(tmp_path / "s.journal")
     parent = subprocess.Popen(command(space, storage, "jk", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    victim = children_of(parent.pid, 1)[0]
+    victim = workers_of(parent.pid, 1)[0][0]
     killed = wait_for_running(storage, "jk", victim)
     os.kill(victim, signal.SIGKILL)
     _, err = parent.communicate(timeout=300)
@@ -163,8 +169,8 @@ def test_sigint_to_jobs_2_leaves_nothing_running_no_orphans_and_rerun_completes(
     raw = long_trials(space)
     storage = str(tmp_path / "s.journal")
     parent = subprocess.Popen(command(space, storage, "int", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    children = children_of(parent.pid, 2)
-    wait_for_running(storage, "int", children[0])
+    workers, children = workers_of(parent.pid, 2)
+    wait_for_running(storage, "int", workers[0])
     parent.send_signal(signal.SIGINT)
     _, err = parent.communicate(timeout=120)
     assert parent.returncode == 0 and "resume with: ple-search run" in err, err
@@ -288,3 +294,36 @@ def test_bad_device_lists_are_one_line(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["run", "--study", "x", "--trials", "1", "--devices", "0,gpu1"])
     assert exit_info.value.code == 2 and "give GPU indices separated by commas" in capsys.readouterr().err
+
+
+def _report_and_exit(args):
+    """A worker entry for the test below: what the worker finds on arrival, then exit code 3."""
+    import json
+
+    print(json.dumps({
+        "args": args, "engine_preloaded": "pytorch_lightning" in sys.modules, "mark": os.environ.get("PLE_SEARCH_TEST_MARK"),
+        "device": os.environ.get("CUDA_VISIBLE_DEVICES"), "cwd": os.getcwd(), "own_session": os.getsid(0) == os.getpid(),
+    }), file=sys.stderr)  # fmt: skip
+    print("to stdout", flush=True)
+    return 3
+
+
+def test_workers_start_with_the_engine_imported_and_the_parents_env_folder_and_their_device(tmp_path, monkeypatch):
+    import json
+
+    from ple_search.parallel import Workers
+
+    mark = uuid.uuid4().hex  # set after any fork server of this test session started
+    monkeypatch.setenv("PLE_SEARCH_TEST_MARK", mark)
+    monkeypatch.chdir(tmp_path)
+    lines = []
+    workers = Workers(_report_and_exit, [["a"], ["b"]], lambda i, line: lines.append((i, line)), devices=["4", "7"])
+    workers.start()
+    for proc in workers.procs:
+        proc.join(60)
+    time.sleep(0.5)  # the pumps read the last lines
+    assert [p.exitcode for p in workers.procs] == [3, 3]
+    seen = {i: json.loads(line) for i, line in lines}
+    assert len(lines) == 2, lines  # stderr comes back line by line, stdout is discarded
+    for i, device in ((0, "4"), (1, "7")):
+        assert seen[i] == {"args": [["a"], ["b"]][i], "engine_preloaded": True, "mark": mark, "device": device, "cwd": str(tmp_path), "own_session": True}
