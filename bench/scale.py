@@ -15,6 +15,7 @@ Per size, each measure in a fresh process (so peaks do not mix), the reference i
   files dropped from the page cache first.
 
     python bench/scale.py [--rows 1000000 5000000] [--data bench-data] [--ram-limit 0.5] [--ram-limit-rows 1000000]
+                          [--skip-pandas] [--jobs-only]
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ def main() -> None:
     parser.add_argument("--ram-limit", type=float, default=0.5, help="share of the train arrays that fits in the cgroup (0: skip)")
     parser.add_argument("--ram-limit-rows", type=int, default=1_000_000, help="largest table for the cgroup epoch (it runs from disk: slow)")
     parser.add_argument("--skip-pandas", action="store_true", help="skip the (slow) pandas reference")
+    parser.add_argument("--jobs-only", action="store_true", help="only the --jobs memory (after the first load that builds the cache)")
     args = parser.parse_args()
     rows_out = []
     for rows in args.rows:
@@ -205,13 +207,13 @@ def main() -> None:
             env = {"PLE_SEARCH_CACHE": cache}
             arrow = child(LOAD, str(spec), "arrow", env=env)
             cached = child(LOAD, str(spec), "arrow", env=env)
-            pandas = {} if args.skip_pandas else child(LOAD, str(spec), "pandas", env={"PLE_SEARCH_CACHE": tempfile.mkdtemp()})
-            mapped = child(EPOCH, str(spec), "mapped", str(args.threads), env=env)
-            memory = child(EPOCH, str(spec), "memory", str(args.threads), env=env)
+            pandas = {} if args.skip_pandas or args.jobs_only else child(LOAD, str(spec), "pandas", env={"PLE_SEARCH_CACHE": tempfile.mkdtemp()})
+            mapped = {} if args.jobs_only else child(EPOCH, str(spec), "mapped", str(args.threads), env=env)
+            memory = {} if args.jobs_only else child(EPOCH, str(spec), "memory", str(args.threads), env=env)
             one = run_jobs(spec, 1, env)
             two = run_jobs(spec, 2, env)
             train_size = int(0.8 * arrow["size"])  # what the epoch pages in: the train split (80% of rows)
-            limited = limited_epoch(spec, env, Path(cache), train_size, args.ram_limit, args.threads) if args.ram_limit and rows <= args.ram_limit_rows else {}
+            limited = limited_epoch(spec, env, Path(cache), train_size, args.ram_limit, args.threads) if args.ram_limit and rows <= args.ram_limit_rows and not args.jobs_only else {}
         result = {"rows": rows, "arrow": arrow, "cached": cached, "pandas": pandas, "mapped": mapped, "memory": memory, "jobs1": one, "jobs2": two, "limited": limited}
         print(json.dumps(result), file=sys.stderr)
         rows_out.append(result)

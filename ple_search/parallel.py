@@ -21,6 +21,7 @@ import atexit
 import ctypes
 import gc
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import signal
 import socket
@@ -134,11 +135,24 @@ def _fork_server() -> multiprocessing.context.BaseContext:
     return context
 
 
+def _let_go_of_the_fork_server() -> None:
+    """The fork server hands each child its client's end of the pipe that keeps the server alive
+    (so the child could start processes through it too). A worker starts none, and holding it would
+    keep the server, and with it the workers (``_die_with_parent``), running past a SIGKILLed
+    parent; closed, the parent's death ends the server and so sends every worker SIGTERM."""
+    server = multiprocessing.forkserver._forkserver
+    alive = getattr(server, "_forkserver_alive_fd", None)
+    if alive is not None:
+        os.close(alive)
+        server._forkserver_alive_fd = None
+
+
 def _worker(entry: WorkerEntry, args: list[str], env: dict[str, str], stderr: Connection) -> None:
     """A worker process, just forked from the fork server (which has the parent's working folder
     already): its own session (the parent forwards signals), death with its parent, the parent's
     environment as of now plus its device, stdout discarded and stderr the pipe the parent reads."""
     os.setsid()
+    _let_go_of_the_fork_server()
     _die_with_parent()
     gc.freeze()  # the inherited objects stay out of collections, which would write to their pages
     os.environ.clear()

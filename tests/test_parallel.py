@@ -165,6 +165,25 @@ def test_sigkilled_worker_of_jobs_2_is_recovered_by_the_parent(tmp_path, space):
 
 
 @pytest.mark.slow
+def test_a_sigkilled_jobs_parent_takes_its_workers_with_it_and_their_trials_fail(tmp_path, space):
+    raw = long_trials(space)
+    raw["budget"] = {"max_epochs": 300, "patience": 300}  # a trial outlasts the test's waits
+    space.write_text(yaml.safe_dump(raw))
+    storage = str(tmp_path / "s.journal")
+    parent = subprocess.Popen(command(space, storage, "pk", 4, "--jobs", "2"), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers, below = workers_of(parent.pid, 2)
+    running = wait_for_running(storage, "pk", workers[0])
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(os.path.exists(f"/proc/{pid}") for pid in below):
+        time.sleep(0.2)
+    assert not [pid for pid in below if os.path.exists(f"/proc/{pid}")]  # fork server and workers gone
+    trial = optuna.load_study(study_name="pk", storage=open_storage(storage)).trials[running]
+    assert trial.state.name == "FAIL" and trial.user_attrs["fail_reason"] == "interrupted"
+
+
+@pytest.mark.slow
 def test_sigint_to_jobs_2_leaves_nothing_running_no_orphans_and_rerun_completes(tmp_path, space):
     raw = long_trials(space)
     storage = str(tmp_path / "s.journal")
@@ -327,3 +346,21 @@ def test_workers_start_with_the_engine_imported_and_the_parents_env_folder_and_t
     assert len(lines) == 2, lines  # stderr comes back line by line, stdout is discarded
     for i, device in ((0, "4"), (1, "7")):
         assert seen[i] == {"args": [["a"], ["b"]][i], "engine_preloaded": True, "mark": mark, "device": device, "cwd": str(tmp_path), "own_session": True}
+
+
+def test_the_fork_servers_imports_never_touch_cuda_so_forked_workers_can_use_their_gpu():
+    """CUDA does not survive a fork: had the preload initialised it, no worker could use a GPU."""
+    probe = """
+import importlib, json, torch
+from ple_search.parallel import PRELOAD
+calls = []
+for name in ("is_available", "device_count", "init", "current_device", "get_device_properties", "set_device"):
+    original = getattr(torch.cuda, name)
+    setattr(torch.cuda, name, lambda *a, _name=name, _original=original, **k: (calls.append(_name), _original(*a, **k))[1])
+for module in PRELOAD:
+    importlib.import_module(module)
+print(json.dumps({"calls": calls, "initialized": torch.cuda.is_initialized()}))
+"""
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == '{"calls": [], "initialized": false}'
