@@ -47,7 +47,8 @@ def mask_url(url: str) -> str:
     return _PASSWORD.sub(lambda m: f"{m.group('head')}***@", url)
 
 
-def _scrub(text: str, url: str) -> str:
+def scrub(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url``'s password replaced by ``***`` wherever it appears."""
     match = _PASSWORD.search(url)
     if match and match.group("password"):
         text = text.replace(match.group("password"), "***")
@@ -114,12 +115,12 @@ def open_storage(
             return create()
         except Exception as exc:  # SQLAlchemy and drivers raise many types; all mean "cannot open"
             if not isinstance(exc, (IntegrityError, ProgrammingError)) and "already exists" not in str(exc):
-                raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+                raise StorageError(f"cannot open storage {mask_url(url)}: {scrub(_first_line(exc), url)}") from None
             time.sleep(0.5 * (attempt + 1))
     try:
         return create()
     except Exception as exc:
-        raise StorageError(f"cannot open storage {mask_url(url)}: {_scrub(_first_line(exc), url)}") from None
+        raise StorageError(f"cannot open storage {mask_url(url)}: {scrub(_first_line(exc), url)}") from None
 
 
 # ----------------------------------------------------------------------------- journal files
@@ -317,7 +318,7 @@ def with_retry(action: Callable[[], T], budget_seconds: float, what: str, url: s
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            reason = _scrub(_cause_line(exc), url)
+            reason = scrub(_cause_line(exc), url)
             if time.monotonic() - start + delay > budget_seconds:
                 raise StorageError(
                     f"storage {mask_url(url)} unreachable for {budget_seconds:.0f}s while {what}: {reason}; "

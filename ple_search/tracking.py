@@ -21,6 +21,7 @@ import optuna
 
 from ple_search.errors import ConfigError
 from ple_search.record import COST, FAIL_REASON, HPARAMS, TEST, VAL, VAL_CURVE
+from ple_search.storage import mask_url, scrub
 
 STUDY_TAG, ROLE_TAG = "ple_search.study", "ple_search.role"
 
@@ -43,10 +44,15 @@ class MLflowTracker:
 
     def __init__(self, uri: str, experiment: str) -> None:
         mlflow = _mlflow()
+        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient(uri)
-        found = self.client.get_experiment_by_name(experiment)
+        try:
+            self.client = MlflowClient(uri)
+            found = self.client.get_experiment_by_name(experiment)
+        except MlflowException as exc:  # a store MLflow refuses (unknown scheme, retired file store)
+            reason = scrub(str(exc).strip().split(". ")[0].rstrip("."), uri)
+            raise ConfigError(f"--mlflow {mask_url(uri)}: {reason}; a local store is sqlite:///mlflow.db, a server http://host:5000") from None
         self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.experiment = experiment
         self._mlflow = mlflow

@@ -75,3 +75,17 @@ def test_tracking_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
     code = main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", str(tmp_path / "s.journal"), "--mlflow", "sqlite:///x.db"])
     err = capsys.readouterr().err
     assert code == 2 and "--mlflow needs the track extra: pip install 'ple-search[track]'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_tracking_store_mlflow_refuses_is_one_line_naming_the_flag_and_no_study_is_created(tmp_path, capsys):
+    import optuna
+
+    from ple_search.storage import open_storage
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    storage = tmp_path / "s.journal"
+    code = main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", str(storage), "--mlflow", "nosuch://user:hunter2@host/x"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert err.startswith("error: --mlflow nosuch://user:***@host/x: ") and "hunter2" not in err and "sqlite:///mlflow.db" in err
+    assert optuna.get_all_study_names(open_storage(str(storage))) == []
