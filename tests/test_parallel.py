@@ -364,3 +364,29 @@ print(json.dumps({"calls": calls, "initialized": torch.cuda.is_initialized()}))
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == '{"calls": [], "initialized": false}'
+
+
+def _fail_one(args):
+    """A worker entry for the test below: worker 1 fails with a message, worker 0 succeeds."""
+    if args[-1] == "1":
+        print("error: the data file is gone", file=sys.stderr)
+        return 2
+    return 0
+
+
+def test_a_worker_that_exits_with_an_error_is_counted_and_its_last_line_reaches_the_parent():
+    from rich.console import Console
+
+    from ple_search.parallel import run_workers
+
+    lines = []
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    errors, interrupted = run_workers(
+        _fail_one, ["run", "--study", "x", "--jobs", "2"], 2, 1, study, console=Console(file=open(os.devnull, "w")),
+        on_line=lambda i, line: lines.append((i, line)), tick=lambda: None,
+    )  # fmt: skip
+    assert (errors, interrupted) == (1, False)
+    deadline = time.monotonic() + 5
+    while not lines and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert lines == [(1, "error: the data file is gone")]
