@@ -16,6 +16,7 @@ import argparse
 
 import torch
 
+from ple_search.config import NUMERIC_ENCODINGS
 from ple_search.confirm import SEED_OFFSET
 from ple_search.metrics import summarize
 from ple_search.progress import quiet_libraries
@@ -23,8 +24,6 @@ from ple_search.objective import TrialSettings, train_on_seeds
 from ple_search.pareto import nondominated_ranks
 from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
 from ple_search.search import load_study_and_data
-
-ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
 
 
 def usage_table(study, record: StudyRecord) -> None:
@@ -44,6 +43,14 @@ def usage_table(study, record: StudyRecord) -> None:
         best = [max if d == "maximize" else min for d in record.directions]
         cells = [f"{pick(t.values[k] for t, _ in members):.4f}" for k, pick in enumerate(best)]
         print(f"| {encoding} | {method} | {len(members)} | {sum(r == 0 for _, r in members)} | " + " | ".join(cells) + " |")
+
+
+def result_cells(runs, names: list[str], gbdt: dict) -> str:
+    """Test mean +- std per task, then the gap to the GBDT yardstick per task, as table cells."""
+    mean, std = summarize([r.test for r in runs])
+    cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
+    gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
+    return " | ".join(cells) + " | " + " | ".join(gaps)
 
 
 def main() -> None:
@@ -76,26 +83,20 @@ def main() -> None:
     print("| numeric_encoding | balancing | " + " | ".join(f"test {t}" for t in names) + " | " + " | ".join(f"vs GBDT {t}" for t in names) + " |")
     print("|---|---|" + "---|" * (2 * len(names)))
     methods = [base.get("loss_weighting", "equal")] + (["equal"] if base.get("loss_weighting", "equal") != "equal" else [])
-    for encoding in ENCODINGS:
+    for encoding in NUMERIC_ENCODINGS:
         for method in methods:
             config = {**base, "numeric_encoding": encoding, "loss_weighting": method}
             config.setdefault("numeric_bins", 16)
             runs = list(train_on_seeds(config, dataset, settings, range(SEED_OFFSET, SEED_OFFSET + args.seeds)))
-            mean, std = summarize([r.test for r in runs])
             marker = " (the trial's)" if encoding == base.get("numeric_encoding", "standard") and method == methods[0] else ""
-            cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
-            gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
-            print(f"| {encoding}{marker} | {method} | " + " | ".join(cells) + " | " + " | ".join(gaps) + " |", flush=True)
+            print(f"| {encoding}{marker} | {method} | {result_cells(runs, names, gbdt)} |", flush=True)
     if args.longer:
         budget = {**record.budget, "max_epochs": record.budget["max_epochs"] * args.longer, "patience": record.budget["patience"] * 2}
         longer = TrialSettings.from_budget(tasks, budget)
         runs = list(train_on_seeds(base, dataset, longer, range(SEED_OFFSET, SEED_OFFSET + args.seeds)))
-        mean, std = summarize([r.test for r in runs])
         epochs = [r.recorder.best_epoch + 1 for r in runs]
-        cells = [f"{mean[t]:.4f} +- {std[t]:.4f}" for t in names]
-        gaps = [f"{mean[t] - gbdt[t]['test_mean']:+.4f}" if t in gbdt else "-" for t in names]
         label = f"{base.get('numeric_encoding', 'standard')}, {budget['max_epochs']} epochs, patience {budget['patience']} (best epochs {epochs})"
-        print(f"| {label} | {methods[0]} | " + " | ".join(cells) + " | " + " | ".join(gaps) + " |", flush=True)
+        print(f"| {label} | {methods[0]} | {result_cells(runs, names, gbdt)} |", flush=True)
 
 
 if __name__ == "__main__":

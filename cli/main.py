@@ -20,7 +20,6 @@ from ple_search.errors import Interrupted, PLESearchError, StorageError
 from ple_search.storage import DEFAULT_STORAGE, mask_url
 
 
-
 def _consoles() -> tuple[Console, Console]:
     """stderr (messages, which quote [extras] and paths verbatim) and stdout."""
     return Console(stderr=True, highlight=False, soft_wrap=True, markup=False), Console(highlight=False, markup=False)
@@ -114,6 +113,10 @@ def _tracker(args: argparse.Namespace, experiment: str):
     return MLflowTracker(args.mlflow, experiment)
 
 
+def _accelerator_arg(p: argparse.ArgumentParser, default: str = "cpu") -> None:
+    p.add_argument("--accelerator", default=default, choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
+
+
 def _storage_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
 
@@ -133,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--data-dir", help="folder holding the census files")
     run.add_argument("--max-epochs", type=COUNT, help="override the space's per-trial epoch budget")
     run.add_argument("--patience", type=COUNT, help="override the space's early-stopping patience")
-    run.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
+    _accelerator_arg(run)
     run.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
     run.add_argument("--jobs", type=COUNT, default=1, help="worker processes on this machine sharing the study")
@@ -175,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seeds", type=COUNT, default=3)
     train.add_argument("--max-epochs", type=COUNT, help="override the config's epoch budget")
     train.add_argument("--out", type=_new_folder, help="output folder (default results/STUDY/train-TIMESTAMP)")
-    train.add_argument("--accelerator", default="auto", choices=["auto", "cpu", "gpu"])
+    _accelerator_arg(train, default="auto")
     _tracking_args(train)
 
     baselines = sub.add_parser("baselines", help="tune and retrain a single-task baseline per task of a study")
@@ -184,7 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     baselines.add_argument("--trials", type=COUNT, default=20, help="trials of each single-task search")
     baselines.add_argument("--seeds", type=COUNT, default=3, help="seeds the best single-task config is retrained on")
     baselines.add_argument("--data-dir", help="folder holding the census files")
-    baselines.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
+    _accelerator_arg(baselines)
     baselines.add_argument("--no-gbdt", action="store_true", help="skip the gradient-boosted trees yardstick")
     baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
     _tracking_args(baselines)
@@ -197,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=COUNT, default=5)
     confirm.add_argument("--data-dir", help="folder holding the census files")
     confirm.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
-    confirm.add_argument("--accelerator", default="cpu", choices=["auto", "cpu", "gpu"], help="Lightning accelerator")
+    _accelerator_arg(confirm)
     _tracking_args(confirm)
 
     predict = sub.add_parser("predict", help="score raw rows with a trained model")

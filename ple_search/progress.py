@@ -26,6 +26,7 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
 
+
 class Reporter(Protocol):
     """What the search loop tells its progress display."""
 

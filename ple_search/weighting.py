@@ -82,7 +82,7 @@ class Fixed(LossWeighting):
     """Constant user-given weights (``task_weights``)."""
 
     name = "fixed"
-    keys = ('task_weights',)
+    keys = ("task_weights",)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -97,7 +97,7 @@ class Scheduled(LossWeighting):
     (``task_weights`` gives w_k0, ``schedule_gamma`` gives gamma_k)."""
 
     name = "scheduled"
-    keys = ('task_weights', 'schedule_gamma')
+    keys = ("task_weights", "schedule_gamma")
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -134,7 +134,7 @@ class DynamicWeightAverage(LossWeighting):
     mean losses; a task whose loss falls slowest gets the largest weight."""
 
     name = "dwa"
-    keys = ('dwa_temperature',)
+    keys = ("dwa_temperature",)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -158,7 +158,7 @@ class GradNorm(LossWeighting):
     shared layer tracks mean_norm * (relative inverse training rate)^alpha; renormalised to sum T."""
 
     name = "gradnorm"
-    keys = ('gradnorm_alpha',)
+    keys = ("gradnorm_alpha",)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -333,7 +333,7 @@ class CAGrad(GradientBalancing):
     average gradient (equal weighting)."""
 
     name = "cagrad"
-    keys = ('cagrad_c',)
+    keys = ("cagrad_c",)
 
     def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
         super().__init__(task_names, hparams, model)
@@ -429,7 +429,7 @@ class FAMO(LossWeighting):
     below by 0, the paper's per-task minimum."""
 
     name = "famo"
-    keys = ('famo_lr', 'famo_gamma')
+    keys = ("famo_lr", "famo_gamma")
     wants_losses_after_step = True
     EPSILON: ClassVar[float] = 1e-8
 

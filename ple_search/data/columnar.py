@@ -146,8 +146,9 @@ def to_float(column: pa.ChunkedArray, nan_is_missing: bool) -> np.ndarray:
 def binary_labels(column: pa.ChunkedArray, mapping: Mapping[str, float]) -> np.ndarray:
     """0/1/NaN per row through ``mapping`` on each distinct value's stripped text."""
     values, indices = dictionary(column)
-    present = values.notna() & (values.astype(str).str.strip() != "")
-    mapped = values.astype(str).str.strip().map(mapping)
+    text = values.astype(str).str.strip()
+    present = values.notna() & (text != "")
+    mapped = text.map(mapping)
     if (present & mapped.isna()).any():
         raise Irregular("value outside the label mapping")
     per_value = np.append(mapped.where(present).to_numpy(dtype=np.float32, na_value=np.nan), np.float32(np.nan))
