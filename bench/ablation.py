@@ -16,14 +16,14 @@ import argparse
 
 import torch
 
-from ple_search.config import NUMERIC_ENCODINGS
-from ple_search.confirm import SEED_OFFSET
-from ple_search.metrics import summarize
-from ple_search.progress import quiet_libraries
-from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.pareto import nondominated_ranks
-from ple_search.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
-from ple_search.search import load_study_and_data
+from ple_search.model.hparams import NUMERIC_ENCODINGS
+from ple_search.evaluate.confirm import SEED_OFFSET
+from ple_search.train.metrics import summarize
+from ple_search.cli.progress import quiet_libraries
+from ple_search.train.engine import TrialSettings, train_on_seeds
+from ple_search.study.pareto import nondominated_ranks
+from ple_search.study.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
+from ple_search.study.search import load_study_and_data
 
 
 def usage_table(study, record: StudyRecord) -> None:

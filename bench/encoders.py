@@ -12,8 +12,8 @@ import argparse
 import torch
 
 from ple_search.data import load
-from ple_search.progress import quiet_libraries
-from ple_search.objective import TrialSettings, evaluate, train_config
+from ple_search.cli.progress import quiet_libraries
+from ple_search.train.engine import TrialSettings, evaluate, train_config
 
 PAPER_CGC = {"levels": 1, "experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16], "tower_hidden": [8], "lr": 1e-3, "batch_size": 1024}
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ple_search.space import load_space
-from ple_search.storage import open_storage
+from ple_search.study.space import load_space
+from ple_search.study.storage import open_storage
 
 
 def same_configs(space_path: str, n: int) -> list[dict]:
@@ -61,7 +61,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         space = Path(tmp) / "census-no-pruning.yaml"  # every trial runs its full budget in both runs
-        space.write_text(yaml.safe_dump({**yaml.safe_load(Path("search_spaces/census.yaml").read_text()), "pruner": "none"}))
+        space.write_text(yaml.safe_dump({**yaml.safe_load(Path("ple_search/search_spaces/census.yaml").read_text()), "pruner": "none"}))
         configs = same_configs(str(space), args.trials)
         seconds = {jobs: run(jobs, args, Path(tmp), space, configs) for jobs in (1, 2)}
     rate = {jobs: args.trials * 3600 / s for jobs, s in seconds.items()}

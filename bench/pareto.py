@@ -1,4 +1,4 @@
-"""Pareto math benchmark: ranks, hypervolume and exclusive contributions of ``ple_search.pareto``
+"""Pareto math benchmark: ranks, hypervolume and exclusive contributions of ``ple_search.study.pareto``
 (moocore) against the implementation it replaced (one n x n domination matrix peeled front by
 front; Optuna's private WFG hypervolume; contributions as n + 1 hypervolumes), measured in the same
 run on the same random points, with a check that both give the same answers. Peak memory is the
@@ -17,7 +17,7 @@ import tracemalloc
 import numpy as np
 from optuna._hypervolume import compute_hypervolume  # the private API the old code used
 
-from ple_search.pareto import hypervolume, hypervolume_contributions, losses, nondominated_ranks
+from ple_search.study.pareto import hypervolume, hypervolume_contributions, losses, nondominated_ranks
 
 
 def reference_ranks(values: np.ndarray, directions: list[str]) -> np.ndarray:

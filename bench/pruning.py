@@ -19,9 +19,9 @@ import numpy as np
 import optuna
 import yaml
 
-from ple_search.pareto import hypervolume
-from ple_search.record import directions_of
-from ple_search.storage import open_storage
+from ple_search.study.pareto import hypervolume
+from ple_search.study.record import directions_of
+from ple_search.study.storage import open_storage
 
 
 
@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=15.0)
     parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
-    parser.add_argument("--space", default="search_spaces/census.yaml")
+    parser.add_argument("--space", default="ple_search/search_spaces/census.yaml")
     parser.add_argument("--out", default="results/pruning")
     parser.add_argument("--min-epochs", type=int, default=1)
     parser.add_argument("--eta", type=int, default=3)

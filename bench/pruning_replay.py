@@ -21,10 +21,10 @@ from typing import Sequence
 import numpy as np
 import optuna
 
-from ple_search.pareto import hypervolume, losses, nondominated_ranks
-from ple_search.record import TRAIN_SECONDS, VAL_CURVE, StudyRecord
-from ple_search.pruning import MOASHA, TIE_BREAKS
-from ple_search.storage import open_storage
+from ple_search.study.pareto import hypervolume, losses, nondominated_ranks
+from ple_search.study.record import TRAIN_SECONDS, VAL_CURVE, StudyRecord
+from ple_search.study.pruning import MOASHA, TIE_BREAKS
+from ple_search.study.storage import open_storage
 
 SETTINGS = [(1, 2), (1, 3), (2, 2), (2, 3)]
 

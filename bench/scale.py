@@ -58,7 +58,7 @@ import json, sys, time, torch
 import pytorch_lightning as pl
 from ple_search.data import load, PLEDataModule
 from ple_search.data.dataset import Split
-from ple_search.module import PLEModule
+from ple_search.train.module import PLEModule
 torch.set_num_threads(int(sys.argv[3]))
 d = load(sys.argv[1])
 if sys.argv[2] == "memory":

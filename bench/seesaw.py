@@ -22,11 +22,11 @@ from pathlib import Path
 import optuna
 import yaml
 
-from ple_search.objective import score
+from ple_search.train.engine import score
 from ple_search.data.schema import Task
-from ple_search.storage import open_storage
-from ple_search.transfer import gains, transfer_label
-from ple_search.weighting import SCHEMES
+from ple_search.study.storage import open_storage
+from ple_search.evaluate.transfer import gains, transfer_label
+from ple_search.train.weighting import SCHEMES
 
 NEEDS_WEIGHTS = ("fixed", "scheduled")  # need per-task weights the space would have to give
 P_VALUES = (1.0, 0.5, 0.0, -0.5)
@@ -53,7 +53,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     storage = str(out / "studies.journal")
-    base = yaml.safe_load(Path("search_spaces/synthetic.yaml").read_text())
+    base = yaml.safe_load(Path("ple_search/search_spaces/synthetic.yaml").read_text())
     base["params"]["loss_weighting"] = {"type": "categorical", "choices": list(args.weighting)}
     commands: list[str] = []
     rows, method_rows = [], []

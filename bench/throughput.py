@@ -17,7 +17,7 @@ import time
 import torch
 from torch import nn
 
-from ple_search.model import PLE
+from ple_search.model.ple import PLE
 
 
 def mlp(widths: list[int], final_activation: bool) -> nn.Sequential:

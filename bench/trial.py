@@ -14,9 +14,9 @@ import torch
 
 from ple_search.data import load
 from ple_search.data.batches import TensorBatches
-from ple_search.progress import quiet_libraries
-from ple_search.objective import TrialSettings, evaluate, train_config
-from ple_search.module import PLEModule
+from ple_search.cli.progress import quiet_libraries
+from ple_search.train.engine import TrialSettings, evaluate, train_config
+from ple_search.train.module import PLEModule
 
 PADDLEREC = {"levels": 2, "experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16], "tower_hidden": [8]}
 

@@ -14,9 +14,9 @@ import statistics
 import torch
 
 from ple_search.data import load
-from ple_search.progress import quiet_libraries
-from ple_search.objective import TrialSettings, train_config
-from ple_search.weighting import SCHEMES
+from ple_search.cli.progress import quiet_libraries
+from ple_search.train.engine import TrialSettings, train_config
+from ple_search.train.weighting import SCHEMES
 
 CONFIG = {"levels": 2, "experts_per_task": 3, "shared_experts": 2, "expert_hidden": [64], "tower_hidden": [16], "batch_size": 1024, "lr": 3e-3}
 

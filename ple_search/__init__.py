@@ -10,14 +10,14 @@ import importlib
 from typing import Any
 
 from ple_search._version import __version__
-from ple_search.errors import ConfigError, DataError, PLESearchError, StorageError, TrialFailed
+from ple_search.core.errors import ConfigError, DataError, PLESearchError, StorageError, TrialFailed
 
 _LAZY = {
-    "PLE": "ple_search.model",
-    "PLEModule": "ple_search.module",
-    "build_module": "ple_search.production",
-    "load_trained": "ple_search.production",
-    "load_config": "ple_search.export",
+    "PLE": "ple_search.model.ple",
+    "PLEModule": "ple_search.train.module",
+    "build_module": "ple_search.serve.production",
+    "load_trained": "ple_search.serve.production",
+    "load_config": "ple_search.evaluate.export",
 }
 
 __all__ = [

@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from ple_search import objective
+from ple_search.study import trial as one_trial
 from ple_search.cli.main import main
 
 SPACE = {
@@ -47,14 +47,14 @@ def states(storage, name="tiny"):
 
 
 def test_run_interrupt_resume_to_target_then_pareto_json_matches_storage(tmp_path, space, capsys, monkeypatch):
-    real = objective.run_trial
+    real = one_trial.run_trial
 
     def interrupt_at_trial_2(trial, *args, **kwargs):
         if trial.number == 2:
             raise KeyboardInterrupt
         return real(trial, *args, **kwargs)
 
-    monkeypatch.setattr(objective, "run_trial", interrupt_at_trial_2)
+    monkeypatch.setattr(one_trial, "run_trial", interrupt_at_trial_2)
     rc, storage = run(tmp_path, space, trials=4)
     err = capsys.readouterr().err
     assert rc == 0 and "interrupted: 2/4 trials finished" in err and "resume with: ple-search run --study tiny" in err
@@ -62,7 +62,7 @@ def test_run_interrupt_resume_to_target_then_pareto_json_matches_storage(tmp_pat
     assert found == ["COMPLETE", "COMPLETE", "FAIL"]
     assert study.trials[2].user_attrs["fail_reason"] == "interrupted"
 
-    monkeypatch.setattr(objective, "run_trial", real)
+    monkeypatch.setattr(one_trial, "run_trial", real)
     rc, _ = run(tmp_path, space, trials=4)
     assert rc == 0
     found, study = states(storage)

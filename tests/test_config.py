@@ -4,13 +4,13 @@ import dataclasses
 
 import pytest
 
-from ple_search import model as model_module
-from ple_search.config import DEFAULTS, PLEConfig, resolve_hparams
+from ple_search.model import ple as model_module
+from ple_search.model.hparams import DEFAULTS, PLEConfig, resolve_hparams
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import ConfigError
-from ple_search.model import PLE
-from ple_search.module import PLEModule
-from ple_search.space import parse_space
+from ple_search.core.errors import ConfigError
+from ple_search.model.ple import PLE
+from ple_search.train.module import PLEModule
+from ple_search.study.space import parse_space
 
 
 def test_the_model_and_the_module_take_their_defaults_from_ple_config():

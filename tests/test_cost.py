@@ -12,12 +12,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from helpers import tiny_space
 from ple_search.cli.main import main
-from ple_search.cost import Serving, measure_costs
+from ple_search.serve.cost import Serving, measure_costs
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import ConfigError
-from ple_search.module import PLEModule
-from ple_search.serving import engine, example_inputs, onnx_available
-from ple_search.space import parse_space
+from ple_search.core.errors import ConfigError
+from ple_search.train.module import PLEModule
+from ple_search.serve.engines import engine, example_inputs, onnx_available
+from ple_search.study.space import parse_space
 
 SCHEMA = Schema(("c0", "c1"), (5, 7), ("n0", "n1", "n2"), (Task("a", "binary"), Task("b", "binary"), Task("y", "regression", 3.0, 2.0)))
 CONFIGS = [

@@ -15,7 +15,7 @@ import torch
 from ple_search.data import census, load
 from ple_search.data.batches import TensorBatches
 from ple_search.data.synthetic import generate
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "census-income-kdd"
 EDUCATION = ["Children", "High school graduate", "Bachelors degree(BA AB BS)", "Masters degree(MA MS MEng MEd MSW MBA)"]

@@ -7,10 +7,10 @@ import torch
 
 from helpers import make_dataset
 from ple_search.data.dataset import Dataset, Split
-from ple_search.errors import ConfigError
-from ple_search.module import PLEModule
-from ple_search.objective import TrialSettings, train_config
-from ple_search.serving import engine, onnx_available
+from ple_search.core.errors import ConfigError
+from ple_search.train.module import PLEModule
+from ple_search.train.engine import TrialSettings, train_config
+from ple_search.serve.engines import engine, onnx_available
 
 ENCODINGS = ["standard", "quantile", "piecewise", "periodic"]
 

@@ -10,7 +10,7 @@ import yaml
 
 from helpers import make_dataset, tiny_space
 from ple_search.cli.main import main
-from ple_search.gbdt import _best_round, _fit, _labelled, fit_gbdt
+from ple_search.evaluate.gbdt import _best_round, _fit, _labelled, fit_gbdt
 
 SMALL = {"learning_rate": (0.1, 0.3), "max_leaf_nodes": (7,), "l2_regularization": (0.0,)}
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import yaml
 
-from ple_search.objective import TrialSettings, evaluate, train_config
-from tests.helpers import make_dataset, tiny_space
+from ple_search.train.engine import TrialSettings, evaluate, train_config
+from helpers import make_dataset, tiny_space
 
 pytestmark = [
     pytest.mark.gpu,
@@ -41,7 +41,7 @@ def test_gradient_balancing_runs_on_the_gpu():
 def test_jobs_workers_train_on_the_listed_gpu(tmp_path, monkeypatch):
     import optuna
 
-    from cli.main import main
+    from ple_search.cli.main import main
 
     monkeypatch.chdir(tmp_path)
     space = tmp_path / "space.yaml"
@@ -49,7 +49,7 @@ def test_jobs_workers_train_on_the_listed_gpu(tmp_path, monkeypatch):
     storage = str(tmp_path / "g.journal")
     argv = ["run", "--study", "g", "--space", str(space), "--trials", "2", "--jobs", "2", "--devices", "0", "--accelerator", "gpu", "--storage", storage, "--quiet"]
     assert main(argv) == 0
-    from ple_search.storage import open_storage
+    from ple_search.study.storage import open_storage
 
     trials = optuna.load_study(study_name="g", storage=open_storage(storage)).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]

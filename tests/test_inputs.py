@@ -14,10 +14,10 @@ from helpers import user_table
 from ple_search.cli.main import main
 from ple_search.data import load
 from ple_search.data.preprocess import Preprocessor
-from ple_search.errors import ConfigError, DataError
-from ple_search.objective import TrialSettings, train_config
-from ple_search.search import reference_point
-from ple_search.space import parse_space
+from ple_search.core.errors import ConfigError, DataError
+from ple_search.train.engine import TrialSettings, train_config
+from ple_search.study.search import reference_point
+from ple_search.study.space import parse_space
 
 TINY = {
     "dataset": {"name": "synthetic", "options": {"n": 600, "d": 4}},

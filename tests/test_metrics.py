@@ -5,7 +5,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ple_search.data.schema import Task
-from ple_search.metrics import rmse, roc_auc, task_metrics
+from ple_search.train.metrics import rmse, roc_auc, task_metrics
 
 
 def test_auc_matches_sklearn_with_ties():

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from ple_search.model import PLE, GroupedLinear
+from ple_search.model.ple import PLE, GroupedLinear
 
 CONFIGS = [
     dict(levels=2, experts_per_task=3, shared_experts=2),

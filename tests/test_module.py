@@ -96,7 +96,7 @@ def test_training_is_deterministic_for_a_seed():
 
 
 def test_bf16_mixed_precision_trains_on_cpu_and_matches_fp32_auc():
-    from ple_search.objective import TrialSettings, train_config
+    from ple_search.train.engine import TrialSettings, train_config
 
     dataset = make_dataset(n=800)
     settings = TrialSettings(list(dataset.schema.tasks), max_epochs=3, patience=3)
@@ -109,8 +109,8 @@ def test_bf16_mixed_precision_trains_on_cpu_and_matches_fp32_auc():
 
 
 def test_fp16_mixed_precision_without_a_gpu_fails_the_trial_with_the_reason():
-    from ple_search.errors import TrialFailed
-    from ple_search.objective import TrialSettings, train_config
+    from ple_search.core.errors import TrialFailed
+    from ple_search.train.engine import TrialSettings, train_config
 
     dataset = make_dataset(n=200)
     with pytest.raises(TrialFailed, match="16-mixed needs a GPU"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from ple_search.space import find_space
+from ple_search.study.space import find_space
 
 REPO = Path(__file__).resolve().parents[1]
 

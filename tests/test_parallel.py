@@ -14,8 +14,8 @@ import yaml
 from sqlalchemy.exc import OperationalError
 
 from ple_search.cli.main import main
-from ple_search.errors import StorageError
-from ple_search.storage import open_storage, with_retry
+from ple_search.core.errors import StorageError
+from ple_search.study.storage import open_storage, with_retry
 
 SPACE = {
     "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
@@ -287,7 +287,7 @@ def test_a_postgres_restart_mid_study_is_waited_out_and_no_finished_trial_is_los
 
 
 def test_workers_get_one_device_each_round_robin():
-    from ple_search.parallel import worker_env
+    from ple_search.study.parallel import worker_env
 
     assert [worker_env(i, ["0", "1"])["CUDA_VISIBLE_DEVICES"] for i in range(5)] == ["0", "1", "0", "1", "0"]
     assert worker_env(0, None).get("CUDA_VISIBLE_DEVICES") == os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -330,7 +330,7 @@ def _report_and_exit(args):
 def test_workers_start_with_the_engine_imported_and_the_parents_env_folder_and_their_device(tmp_path, monkeypatch):
     import json
 
-    from ple_search.parallel import Workers
+    from ple_search.study.parallel import Workers
 
     mark = uuid.uuid4().hex  # set after any fork server of this test session started
     monkeypatch.setenv("PLE_SEARCH_TEST_MARK", mark)
@@ -352,7 +352,7 @@ def test_the_fork_servers_imports_never_touch_cuda_so_forked_workers_can_use_the
     """CUDA does not survive a fork: had the preload initialised it, no worker could use a GPU."""
     probe = """
 import importlib, json, torch
-from ple_search.parallel import PRELOAD
+from ple_search.study.parallel import PRELOAD
 calls = []
 for name in ("is_available", "device_count", "init", "current_device", "get_device_properties", "set_device"):
     original = getattr(torch.cuda, name)
@@ -377,7 +377,7 @@ def _fail_one(args):
 def test_a_worker_that_exits_with_an_error_is_counted_and_its_last_line_reaches_the_parent():
     from rich.console import Console
 
-    from ple_search.parallel import run_workers
+    from ple_search.study.parallel import run_workers
 
     lines = []
     study = optuna.create_study(directions=["maximize", "maximize"])

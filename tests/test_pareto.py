@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ple_search.pareto import hypervolume_contributions, nondominated_ranks
+from ple_search.study.pareto import hypervolume_contributions, nondominated_ranks
 
 
 def peel(values: np.ndarray, directions: list[str]) -> np.ndarray:
@@ -33,7 +33,7 @@ def test_contributions_are_the_volume_each_point_alone_adds():
 
 
 def test_one_objective_hypervolume_and_contributions_are_distances_along_the_line():
-    from ple_search.pareto import hypervolume
+    from ple_search.study.pareto import hypervolume
 
     values = np.array([[0.7], [0.9], [0.8], [0.9], [0.4]])
     assert hypervolume(values, ["maximize"], [0.5]) == pytest.approx(0.4)
@@ -43,7 +43,7 @@ def test_one_objective_hypervolume_and_contributions_are_distances_along_the_lin
 
 
 def test_the_architecture_cell_names_a_numeric_encoding_other_than_standard():
-    from ple_search.report import architecture
+    from ple_search.evaluate.report import architecture
 
     hp = {"experts_per_task": 3, "shared_experts": 2, "levels": 1, "expert_hidden": [16], "tower_hidden": [8], "loss_weighting": "pcgrad"}
     assert architecture({**hp, "numeric_encoding": "periodic"}, 2) == "CGC L1 3x2+2 [16] t[8] periodic pcgrad"

@@ -14,9 +14,9 @@ from sklearn.metrics import roc_auc_score
 
 from helpers import user_table
 from ple_search.cli.main import main
-from ple_search.export import Pick, load_config
-from ple_search.production import load_engine, predict
-from ple_search.serving import onnx_available
+from ple_search.evaluate.export import Pick, load_config
+from ple_search.serve.production import load_engine, predict
+from ple_search.serve.engines import onnx_available
 
 
 @pytest.fixture(scope="module")

@@ -10,10 +10,10 @@ import yaml
 
 from ple_search.cli.main import main
 from ple_search.data.schema import Task
-from ple_search.errors import ConfigError
-from ple_search.objective import EpochRecorder
-from ple_search.pruning import MOASHA, crowding_distance, mo_order, parse_pruner
-from ple_search.storage import open_storage
+from ple_search.core.errors import ConfigError
+from ple_search.train.engine import EpochRecorder
+from ple_search.study.pruning import MOASHA, crowding_distance, mo_order, parse_pruner
+from ple_search.study.storage import open_storage
 
 MAX2 = ["maximize", "maximize"]
 

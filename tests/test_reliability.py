@@ -12,9 +12,9 @@ import optuna
 import pytest
 import yaml
 
-from ple_search import files
+from ple_search.core import files
 from ple_search.cli.main import main
-from ple_search.storage import open_storage
+from ple_search.study.storage import open_storage
 
 SPACE = {
     "dataset": {"name": "synthetic", "options": {"n": 1200, "d": 6}},

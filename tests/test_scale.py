@@ -17,8 +17,8 @@ import yaml
 from ple_search.data import census, columnar, load, table
 from ple_search.data.cache import cache_dir
 from ple_search.data.preprocess import hashed_codes
-from ple_search.errors import DataError
-from tests.helpers import user_table
+from ple_search.core.errors import DataError
+from helpers import user_table
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "census-income-kdd"
 
@@ -203,7 +203,7 @@ def test_a_torn_cache_entry_is_rebuilt(tmp_path):
 
 
 def test_the_run_header_shows_rows_and_embedding_memory(tmp_path, capsys):
-    from cli.main import main
+    from ple_search.cli.main import main
 
     spec = user_table(tmp_path)
     space = tmp_path / "space.yaml"

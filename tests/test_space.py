@@ -4,8 +4,8 @@ import optuna
 import pytest
 import yaml
 
-from ple_search.errors import ConfigError
-from ple_search.space import load_space, parse_space
+from ple_search.core.errors import ConfigError
+from ple_search.study.space import load_space, parse_space
 
 BASE = {
     "dataset": {"name": "synthetic", "options": {"n": 200, "d": 4}},
@@ -57,9 +57,9 @@ def test_invalid_space_names_file_key_and_problem(tmp_path, changes, key, proble
 
 
 def test_bundled_spaces_are_valid_and_census_holds_the_papers_configs():
-    census = load_space("search_spaces/census.yaml")
-    load_space("search_spaces/synthetic.yaml")
-    load_space("search_spaces/example.yaml")
+    census = load_space("ple_search/search_spaces/census.yaml")
+    load_space("ple_search/search_spaces/synthetic.yaml")
+    load_space("ple_search/search_spaces/example.yaml")
     enqueued = census.enqueue
     assert {"levels": 1, "experts_per_task": 3, "shared_experts": 2, "expert_hidden": [16], "tower_hidden": [8]}.items() <= enqueued[0].items()
     assert any(c["experts_per_task"] == 0 and c["shared_experts"] > 1 for c in enqueued)  # MMoE

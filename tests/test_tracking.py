@@ -80,7 +80,7 @@ def test_tracking_without_the_extra_is_one_line(tmp_path, capsys, monkeypatch):
 def test_a_tracking_store_mlflow_refuses_is_one_line_naming_the_flag_and_no_study_is_created(tmp_path, capsys):
     import optuna
 
-    from ple_search.storage import open_storage
+    from ple_search.study.storage import open_storage
 
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
     storage = tmp_path / "s.journal"

@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from ple_search.cli.main import main
-from ple_search.storage import open_storage
-from ple_search.transfer import GAIN, NEGATIVE, SEESAW, gains, mtl_gain, transfer_label
+from ple_search.study.storage import open_storage
+from ple_search.evaluate.transfer import GAIN, NEGATIVE, SEESAW, gains, mtl_gain, transfer_label
 
 
 def test_gain_arithmetic_for_both_directions_and_labels():
@@ -97,9 +97,9 @@ def test_confirm_stores_a_front_that_pareto_reads(study, capsys):
 
 
 def test_the_census_space_yields_a_single_task_space_without_any_balancing_key():
-    from ple_search.baselines import single_task_space
-    from ple_search.space import find_space
-    from ple_search.weighting import HPARAM_KEYS
+    from ple_search.evaluate.baselines import single_task_space
+    from ple_search.study.space import find_space
+    from ple_search.train.weighting import HPARAM_KEYS
 
     raw = yaml.safe_load(find_space("census").read_text())
     raw["params"]["dropout"]["when"] = {"loss_weighting": ["pcgrad"]}  # searched only under a balancing method

@@ -5,8 +5,8 @@ import torch
 
 from helpers import make_dataset
 from ple_search import PLEModule
-from ple_search.model import PLE
-from ple_search.weighting import SCHEMES, make_weighting
+from ple_search.model.ple import PLE
+from ple_search.train.weighting import SCHEMES, make_weighting
 
 TASKS = ["a", "b"]
 
@@ -106,7 +106,7 @@ def test_every_scheme_trains_inside_the_module(name):
 
 # Gradient-based balancing: the defining property of each method on toy gradients, and that the
 # loss a scheme returns puts exactly the combined direction on the shared parameters.
-from ple_search.weighting import (  # noqa: E402
+from ple_search.train.weighting import (  # noqa: E402
     MGDA, AlignedMTL, CAGrad, NashMTL, PCGrad, RandomLossWeighting, min_norm_weights, nash_weights, task_gradients,
 )
 
@@ -197,7 +197,7 @@ def test_nash_weights_solve_the_bargaining_condition(seed):
 
 
 def test_famo_starts_as_the_gradient_of_the_summed_log_losses():
-    from ple_search.weighting import FAMO
+    from ple_search.train.weighting import FAMO
 
     losses = torch.tensor([0.5, 2.0], requires_grad=True)
     FAMO(["a", "b"], {}, PLE(4, 2, levels=1)).train()(losses, None).backward()
@@ -206,7 +206,7 @@ def test_famo_starts_as_the_gradient_of_the_summed_log_losses():
 
 
 def test_famo_moves_weight_to_the_task_whose_loss_fell_least():
-    from ple_search.weighting import FAMO
+    from ple_search.train.weighting import FAMO
 
     famo = FAMO(["a", "b"], {}, PLE(4, 2, levels=1)).train()
     for _ in range(5):
@@ -221,7 +221,7 @@ def test_famo_moves_weight_to_the_task_whose_loss_fell_least():
 def test_famo_decreases_two_losses_of_very_different_scale_at_a_more_even_rate_than_equal():
     """Two quadratics, one 100x the other's scale, on one shared vector: equal weighting serves the
     big loss; FAMO's log-loss weighting halves both at a similar pace (its purpose)."""
-    from ple_search.weighting import FAMO, Equal
+    from ple_search.train.weighting import FAMO, Equal
 
     def run(scheme):
         torch.manual_seed(0)

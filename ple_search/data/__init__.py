@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
+
+if TYPE_CHECKING:
+    from ple_search.data.dataset import Dataset
 
 # Tensors and Lightning load on first use (PEP 562): the schema alone stays free of torch, for the
 # commands that only read studies.

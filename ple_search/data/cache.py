@@ -24,7 +24,7 @@ import numpy as np
 from ple_search.data.dataset import SPLITS, Dataset, Split
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
-from ple_search.files import fsync_path, fsync_tree
+from ple_search.core.files import fsync_path, fsync_tree
 
 FORMAT = 2
 KINDS = ("cat", "num", "labels")

@@ -28,7 +28,7 @@ from sklearn.model_selection import train_test_split
 from ple_search.data import cache
 from ple_search.data.dataset import Dataset, from_frames
 from ple_search.data.schema import Task
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
 
 COLUMNS = [
     "age", "class_of_worker", "industry_code", "occupation_code", "education", "wage_per_hour",

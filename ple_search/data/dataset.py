@@ -12,7 +12,7 @@ from torch import Tensor
 
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 

@@ -16,7 +16,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
 
 
 def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:

@@ -14,7 +14,7 @@ import pandas as pd
 
 from ple_search.data.dataset import Dataset, from_frames
 from ple_search.data.schema import Task
-from ple_search.errors import DataError
+from ple_search.core.errors import DataError
 
 
 def generate(n: int, *, d: int = 100, p: float = 0.5, c: float = 1.0, m: int = 10, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -30,8 +30,8 @@ from ple_search.data import cache, columnar
 from ple_search.data.dataset import SPLITS, Dataset, from_frames
 from ple_search.data.preprocess import to_numeric
 from ple_search.data.schema import TASK_TYPES, Task
-from ple_search.errors import DataError
-from ple_search.files import read_yaml
+from ple_search.core.errors import DataError
+from ple_search.core.files import read_yaml
 
 SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "hash_buckets", "tasks", "split"}
 TASK_KEYS = {"name", "column", "type", "labels"}

@@ -19,9 +19,9 @@ from typing import Any, Mapping, Sequence
 
 import optuna
 
-from ple_search.errors import ConfigError
-from ple_search.record import COST, FAIL_REASON, HPARAMS, TEST, VAL, VAL_CURVE
-from ple_search.storage import mask_url, scrub
+from ple_search.core.errors import ConfigError
+from ple_search.study.record import COST, FAIL_REASON, HPARAMS, TEST, VAL, VAL_CURVE
+from ple_search.study.storage import mask_url, scrub
 
 STUDY_TAG, ROLE_TAG = "ple_search.study", "ple_search.role"
 

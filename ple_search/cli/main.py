@@ -16,8 +16,8 @@ from typing import Any, Callable, NoReturn, Sequence
 
 from rich.console import Console
 
-from ple_search.errors import Interrupted, PLESearchError, StorageError
-from ple_search.storage import DEFAULT_STORAGE, mask_url
+from ple_search.core.errors import Interrupted, PLESearchError, StorageError
+from ple_search.study.storage import DEFAULT_STORAGE, mask_url
 
 
 def _consoles() -> tuple[Console, Console]:
@@ -94,7 +94,7 @@ def _budget_args(p: argparse.ArgumentParser) -> None:
 
 
 def _budget(args: argparse.Namespace):
-    from ple_search.cost import Budget
+    from ple_search.serve.cost import Budget
 
     limits = {"latency_ms": args.max_latency, "params": args.max_params, "flops": args.max_flops}
     return Budget.from_dict({k: v for k, v in limits.items() if v is not None}, "command line")
@@ -108,7 +108,7 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
 def _tracker(args: argparse.Namespace, experiment: str):
     if not args.mlflow:
         return None
-    from ple_search.tracking import MLflowTracker
+    from ple_search.study.tracking import MLflowTracker
 
     return MLflowTracker(args.mlflow, experiment)
 
@@ -218,9 +218,9 @@ def _resume_hint(argv: Sequence[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ple_search.progress import LiveReporter, LogReporter, quiet_libraries
-    from ple_search.search import load_run_space, load_space_dataset, objectives_of, open_study, run_search
-    from ple_search.storage import open_storage
+    from ple_search.cli.progress import LiveReporter, LogReporter, quiet_libraries
+    from ple_search.study.search import load_run_space, load_space_dataset, objectives_of, open_study, run_search
+    from ple_search.study.storage import open_storage
 
     quiet_libraries()
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
@@ -242,7 +242,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
         return _run_parallel(args, argv, study, threads)
     import torch
 
-    from ple_search.objective import TrialSettings
+    from ple_search.train.engine import TrialSettings
 
     torch.set_num_threads(threads)
     settings = TrialSettings.from_budget(
@@ -251,8 +251,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     reporter_cls = LogReporter if args.quiet else LiveReporter
     display = reporter_cls(study, args.trials, err)
     if tracker is not None:
-        from ple_search.record import StudyRecord
-        from ple_search.tracking import TrackingReporter
+        from ple_search.study.record import StudyRecord
+        from ple_search.study.tracking import TrackingReporter
 
         display = TrackingReporter(display, tracker, StudyRecord.from_study(study).objectives)
     with display as reporter:
@@ -271,7 +271,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _data_line(dataset, space) -> str:
-    from ple_search.cost import embedding_memory
+    from ple_search.serve.cost import embedding_memory
 
     rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
     schema = dataset.schema
@@ -286,7 +286,7 @@ def _notice(message: str) -> None:
 
 
 def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
-    from ple_search.record import count_finished
+    from ple_search.study.record import count_finished
 
     err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; running trials are marked FAIL.")
     err.print(f"resume with: {_resume_hint(argv)}")
@@ -305,8 +305,8 @@ def _worker_devices(args: argparse.Namespace) -> list[str] | None:
 
 
 def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads: int) -> int:
-    from ple_search.parallel import run_workers
-    from ple_search.progress import WorkersReporter
+    from ple_search.study.parallel import run_workers
+    from ple_search.cli.progress import WorkersReporter
 
     reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
     with reporter:
@@ -319,7 +319,7 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
     if errors:
         err.print(f"error: {errors} of {args.jobs} workers failed; see their last lines above")
         return 2
-    from ple_search.record import count_finished
+    from ple_search.study.record import count_finished
 
     err.print(f"{count_finished(study)}/{args.trials} trials finished by {args.jobs} workers. Show the front: ple-search pareto --study {args.study}")
     return 0
@@ -328,8 +328,8 @@ def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ple_search.report import plot, plot_axes, render, report, summary_line, table_rows
-    from ple_search.storage import load_study, open_storage
+    from ple_search.evaluate.report import plot, plot_axes, render, report, summary_line, table_rows
+    from ple_search.study.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
     axes = (args.x, args.y) if args.x or args.y else None
@@ -345,7 +345,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     else:
         text = render(data, "markdown" if args.format == "table" else args.format)
         if args.output:
-            from ple_search.files import atomic_write_text
+            from ple_search.core.files import atomic_write_text
 
             atomic_write_text(Path(args.output), text)
         else:
@@ -358,8 +358,8 @@ def cmd_pareto(args: argparse.Namespace) -> int:
 def cmd_studies(args: argparse.Namespace) -> int:
     from rich.table import Table
 
-    from ple_search.report import studies_overview
-    from ple_search.storage import open_storage
+    from ple_search.evaluate.report import studies_overview
+    from ple_search.study.storage import open_storage
 
     table = Table("study", "finished", "pruned", "failed", "running", "front", "hypervolume", title=f"studies in {mask_url(args.storage)}")
     for row in studies_overview(open_storage(args.storage)):
@@ -371,8 +371,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ple_search.export import Pick, build_config, write_config
-    from ple_search.storage import load_study, open_storage
+    from ple_search.evaluate.export import Pick, build_config, write_config
+    from ple_search.study.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
     budget = _budget(args)
@@ -393,8 +393,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def pick_summary(trial) -> str:
-    from ple_search.record import BEST_EPOCH, HPARAMS
-    from ple_search.report import architecture
+    from ple_search.study.record import BEST_EPOCH, HPARAMS
+    from ple_search.evaluate.report import architecture
 
     hp = trial.user_attrs[HPARAMS]
     return f"{architecture(hp, len(trial.values))}, best epoch {trial.user_attrs.get(BEST_EPOCH)}"
@@ -405,9 +405,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from ple_search.export import load_config
-    from ple_search.progress import quiet_libraries
-    from ple_search.production import load_config_dataset, train
+    from ple_search.evaluate.export import load_config
+    from ple_search.cli.progress import quiet_libraries
+    from ple_search.serve.production import load_config_dataset, train
 
     quiet_libraries()
     config = load_config(args.config)
@@ -442,8 +442,8 @@ def _study_and_data(args: argparse.Namespace):
     """The study named by ``--study`` and its dataset, as ``run`` stored them."""
     import torch
 
-    from ple_search.progress import quiet_libraries
-    from ple_search.search import load_study_and_data
+    from ple_search.cli.progress import quiet_libraries
+    from ple_search.study.search import load_study_and_data
 
     quiet_libraries()
     torch.set_num_threads(args.threads or os.cpu_count() or 1)
@@ -451,16 +451,16 @@ def _study_and_data(args: argparse.Namespace):
 
 
 def cmd_baselines(args: argparse.Namespace) -> int:
-    from ple_search.baselines import run_baselines
-    from ple_search.progress import LogReporter
-    from ple_search.record import StudyRecord
+    from ple_search.evaluate.baselines import run_baselines
+    from ple_search.cli.progress import LogReporter
+    from ple_search.study.record import StudyRecord
 
     storage, study, dataset = _study_and_data(args)
     def reporter(single, trials):
         tracker = _tracker(args, single.study_name)
         if tracker is None:
             return LogReporter(single, trials, err)
-        from ple_search.tracking import TrackingReporter
+        from ple_search.study.tracking import TrackingReporter
 
         return TrackingReporter(LogReporter(single, trials, err), tracker, StudyRecord.from_study(single).objectives)
 
@@ -470,7 +470,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
     if not args.no_gbdt:
-        from ple_search.baselines import run_gbdt
+        from ple_search.evaluate.baselines import run_gbdt
 
         for task, g in run_gbdt(study, dataset, args.seeds).items():
             err.print(f"GBDT {task}: test {g['test_mean']:.4f} +- {g['test_std']:.4f} over {g['seeds']} seeds ({g['model']}, {g['params']})")
@@ -479,8 +479,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
 
 def cmd_confirm(args: argparse.Namespace) -> int:
-    from ple_search.confirm import choose, run_confirm
-    from ple_search.record import HPARAMS
+    from ple_search.evaluate.confirm import choose, run_confirm
+    from ple_search.study.record import HPARAMS
 
     _, study, dataset = _study_and_data(args)
     trials = choose(study, args.top, args.trial)
@@ -495,8 +495,8 @@ def cmd_confirm(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from ple_search.data.table import read_table
-    from ple_search.export import parse_weights
-    from ple_search.production import load_engine, load_trained, predict
+    from ple_search.evaluate.export import parse_weights
+    from ple_search.serve.production import load_engine, load_trained, predict
 
     module, preprocessor = load_trained(args.model)
     run = load_engine(args.model, args.engine, module)
@@ -507,7 +507,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if not args.output:
         sys.stdout.write(result.to_csv(index=False))
         return 0
-    from ple_search.files import atomic_write
+    from ple_search.core.files import atomic_write
 
     out = Path(args.output)
     parquet = out.suffix in (".parquet", ".pq")

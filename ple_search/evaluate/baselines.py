@@ -15,18 +15,17 @@ from typing import Any, Callable
 import optuna
 
 from ple_search.data import Dataset
-from ple_search.metrics import summarize
-from ple_search.objective import TrialSettings, train_on_seeds
-from ple_search.record import HPARAMS, StudyRecord, write_baselines, write_gbdt
-from ple_search.progress import Reporter
-from ple_search.search import open_study, run_search
-from ple_search.space import SearchSpace, parse_space
+from ple_search.train.metrics import summarize
+from ple_search.train.engine import TrialSettings, train_on_seeds
+from ple_search.study.record import HPARAMS, StudyRecord, write_baselines, write_gbdt
+from ple_search.study.search import Reporter, open_study, run_search
+from ple_search.study.space import SearchSpace, parse_space
 
 
 def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
     """The study's space for one task: task-balancing keys (``weighting.HPARAM_KEYS``) removed
     everywhere, and so is any parameter searched only under a removed key (``when``)."""
-    from ple_search.weighting import HPARAM_KEYS
+    from ple_search.train.weighting import HPARAM_KEYS
 
     raw = copy.deepcopy(raw)
     raw["objectives"] = [task]
@@ -41,7 +40,7 @@ def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace
 
 def run_gbdt(study: optuna.Study, dataset: Dataset, seeds: int) -> dict[str, Any]:
     """The GBDT yardstick for every task objective of ``study``; stored and returned."""
-    from ple_search.gbdt import fit_gbdt
+    from ple_search.evaluate.gbdt import fit_gbdt
 
     record = StudyRecord.from_study(study)
     results = fit_gbdt(dataset, record.task_objectives(), seeds)

@@ -3,31 +3,36 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
 
 import optuna
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import TrialState
 
 from ple_search._version import __version__
 from ple_search.data import Dataset, absolute_spec
-from ple_search.errors import ConfigError, Interrupted, PLESearchError, StorageError, TrialFailed
-from ple_search.parallel import reclaim_stale_trials, worker_id
-from ple_search.record import (
-    DEVICE, DUPLICATE_OF, FAIL_REASON, META_KEY, RETRY_OF, TRAIN_SECONDS, WORKER, count_finished, directions_of, objective_tasks,
-    write_meta,
-)  # fmt: skip
-from ple_search.space import SearchSpace
-from ple_search.storage import with_retry
+from ple_search.core.errors import ConfigError, PLESearchError, StorageError
+from ple_search.study.parallel import reclaim_stale_trials, worker_id
+from ple_search.study.trial import SURPLUS, TrialRun
+from ple_search.study.record import FAIL_REASON, META_KEY, count_finished, directions_of, objective_tasks, write_meta
+from ple_search.study.space import SearchSpace
+from ple_search.study.storage import with_retry
 
 if TYPE_CHECKING:  # the training engine (Lightning) loads only in processes that train:
-    from ple_search.objective import TrialSettings  # a --jobs parent coordinates without it
-    from ple_search.progress import Reporter
+    from ple_search.train.engine import TrialSettings  # a --jobs parent coordinates without it
 
 MAX_CONSECUTIVE_FAILURES = 10
-SURPLUS = "surplus: other workers reached the target first"
+
+
+class Reporter(Protocol):
+    """What the search loop tells its progress display."""
+
+    def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def trial_started(self, number: int) -> None: ...
+
+    def trial_done(self, study: optuna.Study) -> None: ...
 
 
 def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
@@ -115,8 +120,8 @@ def open_study(
 
 
 def _model_cost(space: SearchSpace, dataset: Dataset, largest: bool) -> dict[str, Any]:
-    from ple_search.cost import measure_costs
-    from ple_search.module import PLEModule
+    from ple_search.serve.cost import measure_costs
+    from ple_search.train.module import PLEModule
 
     module = PLEModule(dataset.schema, space.extreme_config(largest))
     return measure_costs(module, space.serving_settings(), space.cost_measures())
@@ -199,7 +204,7 @@ def _check_same_search(
 def load_run_space(study: str, storage: optuna.storages.BaseStorage, path: str | Path | None) -> SearchSpace:
     """The space of a ``run``: ``path`` if given, else ``search_spaces/STUDY.yaml`` (the working
     directory's, else the shipped one), else the space stored in the study."""
-    from ple_search.space import find_space, load_space, parse_space
+    from ple_search.study.space import find_space, load_space, parse_space
 
     found = Path(path) if path else find_space(study)
     if found is not None:
@@ -225,31 +230,12 @@ def load_study_and_data(name: str, storage_url: str, data_dir: str | None = None
     """A stored study and its dataset, re-described from what ``run`` recorded (for ``baselines``
     and ``confirm``); ``data_dir`` overrides where the census files are."""
     from ple_search.data import load_described
-    from ple_search.record import StudyRecord
-    from ple_search.storage import load_study, open_storage
+    from ple_search.study.record import StudyRecord
+    from ple_search.study.storage import load_study, open_storage
 
     storage = open_storage(storage_url)
     study = load_study(name, storage)
     return storage, study, load_described(StudyRecord.from_study(study).dataset, data_dir)
-
-
-def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
-    """The earliest COMPLETE trial with exactly ``trial``'s params, if any."""
-    params = trial.params
-    for other in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if other.number != trial.number and other.params == params:
-            return other
-    return None
-
-
-def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
-    """Record ``twin``'s result as ``trial``'s instead of training the same config again."""
-    for key, value in twin.user_attrs.items():
-        if key not in (WORKER, DEVICE, RETRY_OF, DUPLICATE_OF):
-            trial.set_user_attr(key, value)
-    trial.set_user_attr(DUPLICATE_OF, twin.number)
-    trial.set_user_attr(TRAIN_SECONDS, 0.0)
-    return list(twin.values)
 
 
 def run_search(
@@ -277,7 +263,7 @@ def run_search(
         study, space, dataset, settings: the study as ``open_study`` returned it, its search space,
             the data and what every trial shares (objectives, budget, seed, accelerator).
         target: finished trials the study must hold (``--trials``).
-        reporter: the progress display (``progress.Reporter``).
+        reporter: the progress display (``Reporter``).
         timeout: stop starting trials after this many seconds.
         storage_url, storage_retry: for the messages and the retry budget of loop-level storage
             calls on an unreachable storage (RDB calls retry on their own; see ``storage``).
@@ -309,65 +295,3 @@ def run_search(
 
 def count_running(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-
-
-class TrialRun:
-    """One trial of a search, as Optuna's ``_run_trial`` is to its ``_optimize`` loop: claim a
-    place under the target, sample, reuse a twin's result or train, and turn whatever the trial
-    raised into its state and reason (``_outcome``, the one place that does)."""
-
-    def __init__(self, study: optuna.Study, space: SearchSpace, dataset: Dataset, settings: TrialSettings, target: int, reporter: Reporter) -> None:
-        self.study, self.space, self.dataset, self.settings = study, space, dataset, settings
-        self.target, self.reporter = target, reporter
-        self.number: int | None = None
-
-    def run(self) -> FrozenTrial | None:
-        """Run one trial through ``study.optimize`` (heartbeats, stale-trial handling); the
-        trial as stored afterwards."""
-        self.number = None
-        self.study.optimize(self, n_trials=1, catch=(TrialFailed,))
-        return None if self.number is None else self.study.get_trials(deepcopy=False)[self.number]
-
-    def __call__(self, trial: optuna.Trial) -> list[float]:
-        self.number = trial.number
-        trial.set_user_attr(WORKER, worker_id())
-        if os.environ.get("CUDA_VISIBLE_DEVICES") is not None:
-            trial.set_user_attr(DEVICE, os.environ["CUDA_VISIBLE_DEVICES"])
-        if self.surplus(trial.number):
-            trial.set_user_attr(FAIL_REASON, SURPLUS)
-            raise TrialFailed(SURPLUS)
-        self.reporter.trial_started(trial.number)
-        try:
-            self.space.sample(trial)  # suggestions are cached: run_trial gets the same values
-            twin = completed_twin(self.study, trial)
-            if twin is not None:
-                return reuse_twin(trial, twin)
-            from ple_search.objective import run_trial
-
-            return run_trial(trial, self.space, self.dataset, self.settings, hook=self.reporter.epoch)
-        except BaseException as exc:  # noqa: BLE001 - classified, recorded and re-raised below
-            raise _outcome(trial, exc) from None
-
-    def surplus(self, number: int) -> bool:
-        """Workers that started trials at the same moment can overshoot the target: the trial
-        with the higher number yields (the check and ``ask`` are not atomic across processes)."""
-        trials = self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING))
-        ahead = sum(t.state != TrialState.RUNNING or t.number < number for t in trials)
-        return ahead >= self.target
-
-
-def _outcome(trial: optuna.Trial, exc: BaseException) -> BaseException:
-    """What a trial's exception means, recorded on the trial; returns what to raise to Optuna:
-    pruned stays pruned; Ctrl-C/SIGTERM becomes ``KeyboardInterrupt`` (Optuna marks the trial
-    FAIL and re-raises it); a storage failure propagates; anything else is a ``TrialFailed``
-    with its reason (Optuna marks it FAIL and the search goes on)."""
-    if isinstance(exc, (optuna.TrialPruned, StorageError)):
-        return exc
-    if isinstance(exc, (KeyboardInterrupt, Interrupted)):
-        trial.set_user_attr(FAIL_REASON, "interrupted")
-        return exc if isinstance(exc, KeyboardInterrupt) else KeyboardInterrupt()
-    if not isinstance(exc, Exception):
-        return exc  # SystemExit and the like: not the trial's doing
-    reason = str(exc) if isinstance(exc, TrialFailed) else f"{type(exc).__name__}: {exc}"
-    trial.set_user_attr(FAIL_REASON, reason[:2000])
-    return TrialFailed(reason)

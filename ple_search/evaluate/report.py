@@ -16,10 +16,10 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ple_search.cost import Budget
-from ple_search.errors import ConfigError, StorageError
-from ple_search.pareto import hypervolume, nondominated_ranks
-from ple_search.record import (
+from ple_search.serve.cost import Budget
+from ple_search.core.errors import ConfigError, StorageError
+from ple_search.study.pareto import hypervolume, nondominated_ranks
+from ple_search.study.record import (
     BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
     is_ple_study, state_counts, within_budget,
 )  # fmt: skip
@@ -69,7 +69,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
 
 def _add_transfer(rows: list[dict[str, Any]], baselines: dict[str, Any], directions: dict[str, str]) -> None:
     """MTL gain per task (test split) and the transfer label of each row with test metrics."""
-    from ple_search.transfer import gains, transfer_label
+    from ple_search.evaluate.transfer import gains, transfer_label
 
     single = {task: b["test_mean"] for task, b in baselines.items() if task in directions}
     for row in rows:
@@ -81,7 +81,7 @@ def _add_transfer(rows: list[dict[str, Any]], baselines: dict[str, Any], directi
 
 def _add_gbdt_gain(rows: list[dict[str, Any]], gbdt: dict[str, Any], directions: dict[str, str]) -> None:
     """Per row with test metrics: the gain against the GBDT yardstick (positive = the network is better)."""
-    from ple_search.transfer import gains
+    from ple_search.evaluate.transfer import gains
 
     trees = {task: g["test_mean"] for task, g in gbdt.items() if task in directions}
     for row in rows:

@@ -1,4 +1,4 @@
-"""One search trial: sample a config, train it with Lightning, report per-task validation metrics.
+"""The training engine: train one config with Lightning to its best validation epoch, on one or several seeds.
 
 Early stopping and the reported epoch use one score, the mean of the direction-signed objective
 metrics (AUC as is, RMSE negated), so every task's value comes from the same model. Test metrics
@@ -12,18 +12,15 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-import optuna
 import pytorch_lightning as pl
 import torch
 
 from ple_search.data import Dataset, PLEDataModule, Split
 from ple_search.data.batches import EVAL_BATCH_SIZE, TensorBatches
 from ple_search.data.schema import Task
-from ple_search.errors import ConfigError, TrialFailed
-from ple_search.metrics import task_metrics
-from ple_search.module import PLEModule
-from ple_search.record import COST, OVER_BUDGET, BEST_EPOCH, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, TEST, TRAIN_SECONDS, VAL, VAL_CURVE
-from ple_search.space import SearchSpace
+from ple_search.core.errors import ConfigError, TrialFailed
+from ple_search.train.metrics import task_metrics
+from ple_search.train.module import PLEModule
 
 EpochHook = Callable[[int, int, int, dict[str, float]], None]
 StopCheck = Callable[[int, dict[str, float]], bool]  # (epochs done, best metrics so far) -> stop?
@@ -183,56 +180,3 @@ def train_on_seeds(
     for seed in seeds:
         module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook=hook(seed) if hook else None, run_name=f"seed-{seed}")
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
-
-
-def trial_costs(module: PLEModule, space: SearchSpace) -> dict[str, Any]:
-    """Params and FLOPs of every trial; latency too where the space has ``serving:`` or
-    optimises or bounds latency."""
-    from ple_search.cost import measure_costs
-
-    return measure_costs(module, space.serving_settings(), space.cost_measures())
-
-
-def _record_cost(trial: optuna.Trial, module: PLEModule, space: SearchSpace, cost: dict[str, Any]) -> None:
-    """Store the cost; a config over the space's budget ends PRUNED before any epoch (PRUNED, so
-    the samplers' ``constraints_func`` learns from it)."""
-    cost.update(trial_costs(module, space))
-    trial.set_user_attr(COST, cost)
-    if space.constraints and not space.constraints.allows(cost):
-        reason = "over budget: " + "; ".join(space.constraints.violations(cost))
-        trial.set_user_attr(OVER_BUDGET, reason)
-        raise optuna.TrialPruned(reason)
-
-
-def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, settings: TrialSettings, *, hook: EpochHook | None = None) -> list[float]:
-    """Train the trial's config and store its curves, test metrics, size and time as user attributes."""
-    hparams = space.sample(trial)
-    stop_check = None
-    if space.pruner is not None:
-        pruner = space.pruner
-
-        def stop_check(epochs_done: int, best: dict[str, float]) -> bool:
-            vector = [best[t.name] for t in settings.objectives] + [cost[c] for c in space.cost_objectives]
-            return pruner.should_prune(trial, epochs_done, settings.max_epochs, vector)
-
-    cost: dict[str, Any] = {}
-    module, recorder, seconds = train_config(
-        hparams, dataset, settings, settings.seed + trial.number, hook=hook, stop_check=stop_check,
-        on_built=lambda module: _record_cost(trial, module, space, cost), run_name=f"trial-{trial.number}",
-    )  # fmt: skip
-    best = recorder.curve[recorder.best_epoch]
-    trial.set_user_attr(HPARAMS, module.config)
-    trial.set_user_attr(VAL_CURVE, recorder.curve)
-    trial.set_user_attr(VAL, best)
-    trial.set_user_attr(BEST_EPOCH, recorder.best_epoch + 1)
-    trial.set_user_attr(EPOCHS_RUN, len(recorder.curve))
-    trial.set_user_attr(N_PARAMS, sum(p.numel() for p in module.parameters()))
-    trial.set_user_attr(TRAIN_SECONDS, round(seconds, 3))
-    if recorder.pruned_at is not None:
-        trial.set_user_attr(PRUNED_AT, recorder.pruned_at)
-        raise optuna.TrialPruned(f"pruned by MO-ASHA after {recorder.pruned_at} epochs")
-    trial.set_user_attr(TEST, evaluate(module, dataset.test))
-    values = [best[t.name] for t in settings.objectives] + [float(cost[c]) for c in space.cost_objectives]
-    if any(math.isnan(v) for v in values):
-        raise TrialFailed(f"undefined validation metric at the best epoch: {best}")
-    return values

@@ -26,14 +26,14 @@ import torch
 from ple_search.data import Dataset
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
-from ple_search.errors import ConfigError, DataError
-from ple_search.export import write_config
-from ple_search.files import fsync_path, fsync_tree
-from ple_search.module import PLEModule
-from ple_search.metrics import summarize
-from ple_search.record import objective_tasks
-from ple_search.serving import Engine, engine, export_onnx, onnx_available, torchscript
-from ple_search.objective import EpochHook, SeedRun, TrialSettings, score, train_on_seeds
+from ple_search.core.errors import ConfigError, DataError
+from ple_search.evaluate.export import write_config
+from ple_search.core.files import fsync_path, fsync_tree
+from ple_search.train.module import PLEModule
+from ple_search.train.metrics import summarize
+from ple_search.study.record import objective_tasks
+from ple_search.serve.engines import Engine, engine, export_onnx, onnx_available, torchscript
+from ple_search.train.engine import EpochHook, SeedRun, TrialSettings, score, train_on_seeds
 
 METRICS, PREPROCESSOR, SCRIPTED, CONFIG, ONNX = "metrics.json", "preprocessor.json", "model.pt", "config.yaml", "model.onnx"
 

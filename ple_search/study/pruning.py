@@ -27,9 +27,9 @@ import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from ple_search.errors import ConfigError
-from ple_search.pareto import hypervolume_contributions, losses, nondominated_ranks
-from ple_search.record import RUNGS, StudyRecord
+from ple_search.core.errors import ConfigError
+from ple_search.study.pareto import hypervolume_contributions, losses, nondominated_ranks
+from ple_search.study.record import RUNGS, StudyRecord
 
 
 

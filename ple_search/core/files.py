@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 import yaml
 
-from ple_search.errors import ConfigError, PLESearchError
+from ple_search.core.errors import ConfigError, PLESearchError
 
 
 def read_yaml(path: Path, what: str, error: type[PLESearchError] = ConfigError) -> Any:

@@ -22,12 +22,12 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
 
-from ple_search.errors import ConfigError
+from ple_search.core.errors import ConfigError
 
 if TYPE_CHECKING:  # the measures need torch; budgets and settings do not (reports read them)
     from torch import nn
 
-    from ple_search.module import PLEModule
+    from ple_search.train.module import PLEModule
 
 SERVING_KEYS = ("batch_size", "threads", "repeats", "warmup", "engine")
 # What a space may optimise or bound: the measure's name in `objectives: [{cost: NAME}]`, and the
@@ -122,7 +122,7 @@ class Serving:
         warmup = raw.get("warmup", cls.warmup)
         if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
             raise ConfigError(f"{where}: key 'serving.warmup': must be an integer >= 0, got {warmup!r}")
-        from ple_search.serving import ENGINES
+        from ple_search.serve.engines import ENGINES
 
         if raw.get("engine", cls.engine) not in ENGINES:
             raise ConfigError(f"{where}: key 'serving.engine': must be one of {', '.join(ENGINES)}, got {raw.get('engine')!r}")
@@ -158,7 +158,7 @@ class Latency:
     name: ClassVar[str] = "latency"
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
-        from ple_search.serving import engine, example_inputs
+        from ple_search.serve.engines import engine, example_inputs
 
         import torch
 

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.data.schema import Schema, Task
-from ple_search.errors import ConfigError, StorageError
+from ple_search.core.errors import ConfigError, StorageError
 
 META_KEY = "ple_search"
 BASELINES_KEY = "baselines"

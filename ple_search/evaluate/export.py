@@ -23,14 +23,14 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search._version import __version__
-from ple_search.errors import ConfigError, StorageError
-from ple_search.config import PLEConfig
-from ple_search.files import atomic_write_text, read_yaml
-from ple_search.pareto import nondominated_ranks
-from ple_search.cost import Budget
+from ple_search.core.errors import ConfigError, StorageError
+from ple_search.model.hparams import PLEConfig
+from ple_search.core.files import atomic_write_text, read_yaml
+from ple_search.study.pareto import nondominated_ranks
+from ple_search.serve.cost import Budget
 from ple_search.data import absolute_spec
-from ple_search.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_budget
-from ple_search.storage import mask_url
+from ple_search.study.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_budget
+from ple_search.study.storage import mask_url
 
 CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
 

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ple_search.config import DEFAULTS
-from ple_search.errors import ConfigError
-from ple_search.model import PLE
+from ple_search.model.hparams import DEFAULTS
+from ple_search.core.errors import ConfigError
+from ple_search.model.ple import PLE
 
 
 def per_task(key: str, value: Any, task_names: Sequence[str], default: float) -> Tensor:

@@ -13,11 +13,11 @@ from torch import Tensor, nn
 
 from ple_search._version import __version__
 from ple_search.data.schema import Schema
-from ple_search.errors import ConfigError, TrialFailed
-from ple_search.config import PLEConfig
-from ple_search.metrics import task_metrics
-from ple_search.model import PLE
-from ple_search.weighting import make_weighting
+from ple_search.core.errors import ConfigError, TrialFailed
+from ple_search.model.hparams import PLEConfig
+from ple_search.train.metrics import task_metrics
+from ple_search.model.ple import PLE
+from ple_search.train.weighting import make_weighting
 
 Batch = tuple[Tensor, Tensor, Tensor]
 VERSION_KEY = "ple_search_version"

@@ -16,11 +16,11 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.data import Dataset
-from ple_search.errors import ConfigError, StorageError
-from ple_search.metrics import summarize
-from ple_search.objective import SeedRun, TrialSettings, train_on_seeds
-from ple_search.pareto import hypervolume_contributions, nondominated_ranks
-from ple_search.record import COST, HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
+from ple_search.core.errors import ConfigError, StorageError
+from ple_search.train.metrics import summarize
+from ple_search.train.engine import SeedRun, TrialSettings, train_on_seeds
+from ple_search.study.pareto import hypervolume_contributions, nondominated_ranks
+from ple_search.study.record import COST, HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
 
 SEED_OFFSET = 10_000
 

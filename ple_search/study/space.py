@@ -26,10 +26,10 @@ from typing import Any, Mapping
 
 import optuna
 
-from ple_search.errors import ConfigError
-from ple_search.files import read_yaml
-from ple_search.config import DEFAULTS, PLEConfig
-from ple_search.pruning import MOASHA, parse_pruner
+from ple_search.core.errors import ConfigError
+from ple_search.core.files import read_yaml
+from ple_search.model.hparams import DEFAULTS, PLEConfig
+from ple_search.study.pruning import MOASHA, parse_pruner
 
 TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving", "constraints"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
@@ -93,19 +93,19 @@ class SearchSpace:
 
     def cost_measures(self) -> tuple[str, ...]:
         """The cost measures every trial takes: latency only where something asks for it."""
-        from ple_search.cost import measures_for
+        from ple_search.serve.cost import measures_for
 
         wanted = {*self.cost_objectives, *(self.constraints.keys() if self.constraints else [])}
         return ("params", "flops", "latency") if self.serving is not None else measures_for(wanted)
 
     def serving_settings(self) -> Any:
-        from ple_search.cost import Serving
+        from ple_search.serve.cost import Serving
 
         return self.serving or Serving()
 
     def constraints_func(self, trial: optuna.trial.FrozenTrial) -> list[float]:
         """Optuna's constraint values (<= 0 feasible) from the cost measured before training."""
-        from ple_search.record import COST
+        from ple_search.study.record import COST
 
         cost = trial.user_attrs.get(COST) or {}
         if not all(key in cost for key in self.constraints.keys()):
@@ -300,7 +300,7 @@ def _parse_objectives(path: str, raw: Any) -> tuple[list[str] | None, list[str]]
     """Task names (None: every task) and cost keys (``{cost: latency}`` -> ``latency_ms``)."""
     if raw is None:
         return None, []
-    from ple_search.cost import COST_KEYS
+    from ple_search.serve.cost import COST_KEYS
 
     problem = "must be a non-empty list of task names and {cost: NAME} entries (NAME: " + ", ".join(COST_KEYS) + ")"
     if not isinstance(raw, list) or not raw:
@@ -321,7 +321,7 @@ def _parse_objectives(path: str, raw: Any) -> tuple[list[str] | None, list[str]]
 def _parse_constraints(path: str, raw: Any) -> Any:
     if raw is None:
         return None
-    from ple_search.cost import Budget
+    from ple_search.serve.cost import Budget
 
     budget = Budget.from_dict(_mapping(path, "constraints", raw), path)
     return budget or None
@@ -330,7 +330,7 @@ def _parse_constraints(path: str, raw: Any) -> Any:
 def _parse_serving(path: str, raw: Any) -> Any:
     if raw is None:
         return None
-    from ple_search.cost import Serving
+    from ple_search.serve.cost import Serving
 
     return Serving.from_dict(_mapping(path, "serving", raw), path)
 

@@ -17,8 +17,8 @@ from typing import Any, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ple_search.config import ACTIVATIONS as ACTIVATION_NAMES
-from ple_search.config import PLEConfig, check_int
+from ple_search.model.hparams import ACTIVATIONS as ACTIVATION_NAMES
+from ple_search.model.hparams import PLEConfig, check_int
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

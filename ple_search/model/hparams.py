@@ -15,7 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 
-from ple_search.errors import ConfigError
+from ple_search.core.errors import ConfigError
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw")
@@ -131,7 +131,7 @@ class PLEConfig:
             raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
-        from ple_search.weighting import SCHEMES  # the registry is the list of names
+        from ple_search.train.weighting import SCHEMES  # the registry is the list of names
 
         if self.loss_weighting not in SCHEMES:
             raise _invalid("loss_weighting", self.loss_weighting, f"must be one of {sorted(SCHEMES)}")

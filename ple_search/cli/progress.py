@@ -6,15 +6,15 @@ import logging
 import math
 import time
 import warnings
-from typing import Any, Protocol
+from typing import Any
 
 import optuna
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ple_search.record import FAIL_REASON, PRUNED_AT, TRAIN_SECONDS, count_finished
-from ple_search.report import front_summary
+from ple_search.study.record import FAIL_REASON, PRUNED_AT, TRAIN_SECONDS, count_finished
+from ple_search.evaluate.report import front_summary
 
 
 def quiet_libraries() -> None:
@@ -25,16 +25,6 @@ def quiet_libraries() -> None:
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
-
-
-class Reporter(Protocol):
-    """What the search loop tells its progress display."""
-
-    def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None: ...
-
-    def trial_started(self, number: int) -> None: ...
-
-    def trial_done(self, study: optuna.Study) -> None: ...
 
 
 def eta_seconds(elapsed: float, done: int, remaining: int) -> float:

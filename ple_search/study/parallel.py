@@ -35,15 +35,15 @@ import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ple_search.errors import Interrupted
-from ple_search.record import FAIL_REASON, RETRY_OF, WORKER
+from ple_search.core.errors import Interrupted
+from ple_search.study.record import FAIL_REASON, RETRY_OF, WORKER
 
 WorkerLine = Callable[[int, str], None]
 WorkerEntry = Callable[[list[str]], int]  # the CLI's main for one worker's arguments
 
 # What a worker imports, loaded once by the fork server (an ImportError there is skipped, and the
 # worker imports what is missing itself). Not the CLI module: its consoles must see the worker's pipe.
-PRELOAD = ("ple_search.data", "ple_search.storage", "ple_search.search", "ple_search.objective")
+PRELOAD = ("ple_search.data", "ple_search.study.storage", "ple_search.study.search", "ple_search.train.engine")
 
 
 def worker_id(pid: int | None = None) -> str:

@@ -27,7 +27,7 @@ from typing import Any, Callable, TypeVar
 import optuna
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from ple_search.errors import StorageError
+from ple_search.core.errors import StorageError
 
 DEFAULT_STORAGE = "results/ple-search.journal"
 DEFAULT_RETRY_SECONDS = 300.0

@@ -1,0 +1,1 @@
+"""The evaluation layer: reports, MTL gains, single-task and GBDT yardsticks, confirmation, export."""
