@@ -132,13 +132,13 @@ def SCHEMA_OF(storage):
 
 
 def test_a_config_over_a_hard_budget_is_pruned_before_training_and_never_on_the_front(tmp_path, capsys):
-    space, storage = cost_space(tmp_path, constraints={"params": 1500}, enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}])
+    space, storage = cost_space(tmp_path, limits={"params": 1500}, enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}])
     assert run(space, storage, 4) == 0
     study = load(storage)
     over = study.trials[0]
     assert over.state.name == "PRUNED" and over.user_attrs["over_budget"].startswith("over budget: params ") and "> 1,500" in over.user_attrs["over_budget"]
     assert "epochs_run" not in over.user_attrs  # no epoch was spent on it
-    assert over.system_attrs["constraints"][0] > 0  # what the sampler learns from
+    assert over.constraints["params"] > 0  # Trial.set_constraint: what the samplers learn from
     feasible = [t for t in study.trials if t.state.name == "COMPLETE"]
     assert feasible and all(t.user_attrs["cost"]["params"] <= 1500 for t in feasible)
     capsys.readouterr()
@@ -146,18 +146,32 @@ def test_a_config_over_a_hard_budget_is_pruned_before_training_and_never_on_the_
     assert 0 not in {r["number"] for r in json.loads(capsys.readouterr().out)["trials"]}
 
 
-@pytest.mark.parametrize("constraints, message", [
-    ({"memory": 10}, "constraints.memory': unknown cost"), ({"params": 0}, "constraints.params': must be a number > 0"),
+@pytest.mark.parametrize("limits, message", [
+    ({"memory": 10}, "limits.memory': unknown cost"), ({"params": 0}, "limits.params': must be a number > 0"),
     ({"params": 10}, "no config of the space can meet it: its smallest model has params"),
 ])  # fmt: skip
-def test_bad_or_unreachable_budgets_are_one_line_before_any_trial(tmp_path, capsys, constraints, message):
-    space, storage = cost_space(tmp_path, constraints=constraints)
+def test_bad_or_unreachable_limits_are_one_line_before_any_trial(tmp_path, capsys, limits, message):
+    space, storage = cost_space(tmp_path, limits=limits)
     assert run(space, storage, 1) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
 
-def test_pareto_and_export_view_and_pick_under_a_budget(tmp_path, capsys):
+def test_the_old_key_constraints_still_bounds_the_search_with_a_one_line_note(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, constraints={"params": 1500}, enqueue=[{"expert_hidden": [64]}])
+    assert run(space, storage, 1) == 0
+    err = capsys.readouterr().err
+    assert "key 'constraints' is now called 'limits'" in err and err.count("is now called") == 1
+    assert load(storage).trials[0].user_attrs["over_budget"].startswith("over budget: params ")
+
+
+def test_a_space_with_both_limits_and_constraints_is_refused(tmp_path, capsys):
+    space, storage = cost_space(tmp_path, constraints={"params": 1500}, limits={"params": 1500})
+    assert run(space, storage, 1) == 2
+    assert "key 'constraints': is the old name of 'limits'" in capsys.readouterr().err
+
+
+def test_pareto_and_export_view_and_pick_under_serving_limits(tmp_path, capsys):
     space, storage = cost_space(tmp_path, enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}])
     assert run(space, storage, 4) == 0
     study = load(storage)
@@ -171,9 +185,9 @@ def test_pareto_and_export_view_and_pick_under_a_budget(tmp_path, capsys):
     assert main(["export", "--study", "c", "--storage", storage, "--pick", "best:y1", "--max-params", str(small), "--out", str(out)]) == 0
     chosen = yaml.safe_load(out.read_text())["provenance"]["trial"]
     assert study.trials[chosen].user_attrs["cost"]["params"] <= small
-    assert "leaves out" in capsys.readouterr().err
+    assert "within the serving limits params <= " in capsys.readouterr().err
     assert main(["pareto", "--study", "c", "--storage", storage, "--max-params", "1"]) == 2
-    assert "no finished trial of study 'c' is within the budget (params <= 1)" in capsys.readouterr().err
+    assert "no finished trial of study 'c' is within the serving limits (params <= 1)" in capsys.readouterr().err
 
 
 def test_a_cost_view_plots_any_two_axes_and_refuses_others_before_printing(tmp_path, capsys):

@@ -86,18 +86,21 @@ SECONDS = _number(float, 0, strict=True)
 RETRY_SECONDS = _number(float, 0)
 
 
-def _budget_args(p: argparse.ArgumentParser) -> None:
-    """``--max-latency``/``--max-params``/``--max-flops``: view or pick under a serving budget."""
-    p.add_argument("--max-latency", type=_number(float, 0, strict=True), metavar="MS", help="only trials whose measured latency is at most MS")
-    p.add_argument("--max-params", type=COUNT, metavar="N", help="only trials with at most N parameters")
-    p.add_argument("--max-flops", type=COUNT, metavar="N", help="only trials with at most N multiply-adds per sample")
+def _limit_args(p: argparse.ArgumentParser) -> None:
+    """``--max-NAME`` for every serving cost measure (``--max-params``, ``--max-flops``,
+    ``--max-latency``): view or pick under serving limits."""
+    from ple_search.serve.cost import MEASURES
+
+    for m in MEASURES.values():
+        kind = COUNT if m.integer else _number(float, 0, strict=True)
+        p.add_argument(f"--max-{m.name}", type=kind, metavar="N" if m.integer else "MS", help=m.help)
 
 
-def _budget(args: argparse.Namespace):
-    from ple_search.serve.cost import Budget
+def _limits(args: argparse.Namespace):
+    from ple_search.serve.cost import MEASURES, Limits
 
-    limits = {"latency_ms": args.max_latency, "params": args.max_params, "flops": args.max_flops}
-    return Budget.from_dict({k: v for k, v in limits.items() if v is not None}, "command line")
+    limits = {m.key: getattr(args, f"max_{m.name}") for m in MEASURES.values()}
+    return Limits.from_dict({k: v for k, v in limits.items() if v is not None}, "command line")
 
 
 def _tracking_args(p: argparse.ArgumentParser) -> None:
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--y", help="with --plot: the y axis")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
     pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
-    _budget_args(pareto)
+    _limit_args(pareto)
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     _storage_arg(studies)
@@ -169,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     chosen = export.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--trial", type=INDEX, help="this finished trial")
     chosen.add_argument("--pick", help="knee | best:TASK | weights:TASK=W,TASK=W (see README)")
-    _budget_args(export)
+    _limit_args(export)
     export.add_argument("--out", type=_output_file, help="output YAML (default results/STUDY/best.yaml)")
 
     train = sub.add_parser("train", help="train an exported config on several seeds for production")
@@ -226,6 +229,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
     storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period, retry_seconds=args.storage_retry, notify=_notice)
     space = load_run_space(args.study, storage, args.space)
+    if args.worker is None:
+        for note in space.notes:
+            err.print(note)
     dataset = load_space_dataset(space, args.data_dir)
     seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
     budget = {**space.budget, **{k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience)) if v is not None}}
@@ -271,7 +277,7 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
 
 def _data_line(dataset, space) -> str:
-    from ple_search.serve.cost import embedding_memory
+    from ple_search.serve.settings import embedding_memory
 
     rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
     schema = dataset.schema
@@ -335,7 +341,7 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     axes = (args.x, args.y) if args.x or args.y else None
     if axes is not None:
         plot_axes(study, args.plot, axes)
-    data = report(study, include_all=args.all, confirmed=args.confirmed, budget=_budget(args))
+    data = report(study, include_all=args.all, confirmed=args.confirmed, limits=_limits(args))
     if args.format == "table" and not args.output:
         header, cells = table_rows(data)
         table = Table(*header, title=summary_line(data))
@@ -375,15 +381,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ple_search.study.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
-    budget = _budget(args)
-    pick = Pick(study, budget)
+    limits = _limits(args)
+    pick = Pick(study, limits)
     trial, reason = pick.choose(args.trial, args.pick)
     config = build_config(study, trial, args.storage, reason)
     out = Path(args.out or Path("results") / args.study / "best.yaml")
     write_config(config, out)
     err.print(f"chose trial {trial.number}: {reason}")
-    if budget:
-        err.print(f"  within the budget {budget.describe()}: it leaves out {pick.excluded} of the front's trials")
+    if limits:
+        err.print(f"  within the serving limits {limits.describe()}: they leave out {pick.excluded} of the front's trials")
     for k, task in enumerate(pick.tasks):
         low, high = pick.ranges()[task]
         err.print(f"  {task}: {trial.values[k]:.4f} (front {low:.4f} .. {high:.4f})")

@@ -27,9 +27,9 @@ from ple_search.core.errors import ConfigError, StorageError
 from ple_search.model.hparams import PLEConfig
 from ple_search.core.files import atomic_write_text, read_yaml
 from ple_search.study.pareto import nondominated_ranks
-from ple_search.serve.cost import Budget
+from ple_search.serve.cost import Limits
 from ple_search.data import absolute_spec
-from ple_search.study.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_budget
+from ple_search.study.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_limits
 from ple_search.study.storage import mask_url
 
 CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
@@ -55,9 +55,9 @@ def parse_weights(text: str, tasks: list[str]) -> dict[str, float]:
 class Pick:
     """The Pareto front of a study and the rules that choose one trial from it."""
 
-    def __init__(self, study: optuna.Study, budget: Budget | None = None) -> None:
-        """With ``budget``, the front of the trials within it (``excluded``: how many trials of
-        the whole front the budget left out)."""
+    def __init__(self, study: optuna.Study, limits: Limits | None = None) -> None:
+        """With serving ``limits``, the front of the trials within them (``excluded``: how many
+        trials of the whole front the limits left out)."""
         self.study = study
         self.record = StudyRecord.from_study(study)
         self.tasks: list[str] = self.record.objectives
@@ -66,10 +66,10 @@ class Pick:
         if not trials:
             raise StorageError(f"study '{study.study_name}' has no finished trials to export")
         self.excluded = 0
-        if budget:
+        if limits:
             ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
-            self.excluded = sum(1 for t, r in zip(trials, ranks) if r == 0 and not budget.allows(t.user_attrs.get(COST)))
-            trials = within_budget(study, trials, budget)
+            self.excluded = sum(1 for t, r in zip(trials, ranks) if r == 0 and not limits.allows(t.user_attrs.get(COST)))
+            trials = within_limits(study, trials, limits)
         ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
         self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
         self.values = np.array([t.values for t in self.front])

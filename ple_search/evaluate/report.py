@@ -16,12 +16,12 @@ import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ple_search.serve.cost import Budget
+from ple_search.serve.cost import MEASURES, Limits
 from ple_search.core.errors import ConfigError, StorageError
 from ple_search.study.pareto import hypervolume, nondominated_ranks
 from ple_search.study.record import (
     BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
-    is_ple_study, state_counts, within_budget,
+    is_ple_study, state_counts, within_limits,
 )  # fmt: skip
 
 
@@ -128,20 +128,20 @@ def _confirmed_rows(record: StudyRecord, study: optuna.Study, trials: list[Froze
     return rows
 
 
-def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False, budget: Budget | None = None) -> dict[str, Any]:
+def report(study: optuna.Study, include_all: bool = False, confirmed: bool = False, limits: Limits | None = None) -> dict[str, Any]:
     """The stable JSON shape behind every output format (documented in the README). With
     ``confirmed``, the rows are the confirmed trials with fresh-seed means (``values``, ``test``)
     and standard deviations (``values_std``, ``test_std``), ranked on the validation means. With
-    ``budget``, the view is of the finished trials within it (a ``budget`` block says how many
-    it left out)."""
+    serving ``limits``, the view is of the finished trials within them (the ``budget`` block, a
+    name kept for the stable shape, gives the limits and how many trials they left out)."""
     record = StudyRecord.from_study(study)
     names, directions = record.objectives, record.directions
     trials = finished_trials(study)
     if not trials:
         raise StorageError(f"study '{study.study_name}' has no finished trials yet; run `ple-search run --study {study.study_name}` first")
     excluded = 0
-    if budget:
-        kept = within_budget(study, trials, budget)
+    if limits:
+        kept = within_limits(study, trials, limits)
         excluded, trials = len(trials) - len(kept), kept
     values = np.array([t.values for t in trials])
     ranks = nondominated_ranks(values, directions)
@@ -168,7 +168,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         "front_size": int((ranks == 0).sum()),
         "baselines": {t: {"test_mean": b["test_mean"], "test_std": b["test_std"], "seeds": b["seeds"]} for t, b in baselines.items()} if baselines else None,
         "beats_single_task": sum(r.get("transfer") == "gain" for r in on_front) if baselines else None,
-        **({"budget": {"limits": budget.to_dict(), "excluded": excluded}} if budget else {}),
+        **({"budget": {"limits": limits.to_dict(), "excluded": excluded}} if limits else {}),
         **(_gbdt_summary(record.gbdt, on_front) if record.gbdt else {}),
         "trials": rows,
     }
@@ -193,9 +193,9 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     trees = "gbdt" in data
     header += [f"vs GBDT {n}" for n in tasks] if trees else []
     header += ["architecture", "params", "epochs", "train s"]
-    costs = any("cost" in r for r in data["trials"])
-    latency = any("latency_ms" in r.get("cost", {}) for r in data["trials"])
-    header += (["MFLOPs/sample"] if costs else []) + (["latency ms"] if latency else [])
+    measured = [r["cost"] for r in data["trials"] if "cost" in r]
+    columns = [m for m in MEASURES.values() if m.column and measured and (m.always or any(m.key in c for c in measured))]
+    header += [m.column for m in columns]
     cells = []
     for r in data["trials"]:
         rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
@@ -208,11 +208,7 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             row += [f"{r['gain_vs_gbdt'][n]:+.4f}" if n in r.get("gain_vs_gbdt", {}) else "-" for n in tasks]
         seconds = r["train_seconds"]
         row += [r["architecture"], _fmt(r["n_params"]), _fmt(r["epochs"]), f"{seconds:.1f}" if seconds is not None else "-"]
-        cost = r.get("cost", {})
-        if costs:
-            row.append(f"{cost['flops'] / 1e6:.4f}" if "flops" in cost else "-")
-        if latency:
-            row.append(f"{cost['latency_ms']:.3f}±{cost['latency_spread_ms']:.3f}" if "latency_ms" in cost else "-")
+        row += [m.cell(r.get("cost", {})) for m in columns]
         cells.append(row)
     return header, cells
 
@@ -226,7 +222,7 @@ def summary_line(data: dict[str, Any]) -> str:
     )
     if data.get("budget"):
         limits = ", ".join(f"{k} <= {v:g}" for k, v in data["budget"]["limits"].items())
-        line += f"; budget {limits} leaves out {data['budget']['excluded']} finished trials"
+        line += f"; serving limits {limits} leave out {data['budget']['excluded']} finished trials"
     if data.get("view") == "confirmed":
         on_front = sum(r["rank"] == 0 for r in data["trials"])
         line += f"; confirmed on fresh seeds: {on_front} of {len(data['trials'])} stay non-dominated"
@@ -254,7 +250,7 @@ def render(data: dict[str, Any], fmt: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-COST_AXES = {"params": "params", "flops": "flops", "latency": "latency_ms", "latency_ms": "latency_ms"}
+COST_AXES = {**{m.name: m.key for m in MEASURES.values()}, **{m.key: m.key for m in MEASURES.values()}}
 
 
 def _axis_value(row: dict[str, Any], name: str) -> float:

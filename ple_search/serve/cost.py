@@ -1,7 +1,11 @@
 """Serving cost of a config, measured on the built ``PLEModule`` in eval mode before any training.
 
-Each measure is one class with a ``name`` and ``measure(module, serving) -> dict``, registered
-in ``MEASURES``; a new measure is one class plus its test.
+Each measure is one ``Measure`` subclass, registered in ``MEASURES``: its ``name`` (what a space's
+``objectives: [{cost: NAME}]``, ``pareto --x/--y`` and the ``--max-NAME`` flag say), the cost ``key``
+it stores (and ``limits:`` bounds), the report column it fills and ``measure(module, serving)``. The
+report's columns, the limit keys and the CLI's ``--max-*`` flags are generated from it, so a new
+measure is one class plus its test. Torch loads inside ``measure`` only: spaces, limits and reports
+read this module without it.
 
 * ``params``: trainable parameters, embeddings included (exact).
 * ``flops``: multiply-adds per sample of one forward pass: every dense layer of every expert,
@@ -20,53 +24,33 @@ from __future__ import annotations
 import statistics
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Mapping
 
 from ple_search.core.errors import ConfigError
+from ple_search.serve.settings import Serving
 
-if TYPE_CHECKING:  # the measures need torch; budgets and settings do not (reports read them)
+if TYPE_CHECKING:  # the measures need torch; limits and settings do not (reports read them)
     from torch import nn
 
     from ple_search.train.module import PLEModule
 
-SERVING_KEYS = ("batch_size", "threads", "repeats", "warmup", "engine")
-# What a space may optimise or bound: the measure's name in `objectives: [{cost: NAME}]`, and the
-# stored cost key (and `constraints:` key) it stands for.
-COST_KEYS = {"params": "params", "flops": "flops", "latency": "latency_ms"}
-BUDGET_KEYS = tuple(COST_KEYS.values())
-
-
-def embedding_memory(vocab_sizes: Sequence[int], dims: Sequence[int]) -> str:
-    """The categorical embedding tables' size for the given embedding widths, e.g. ``"1,234,567
-    rows x 4-8 = 18.8-37.7 MB"`` (float32): the part of the model that grows with the
-    vocabularies, which ``min_count`` and ``hash_buckets`` bound."""
-    rows = int(sum(vocab_sizes))
-    low, high = min(dims), max(dims)
-    width = f"{low}" if low == high else f"{low}-{high}"
-    size = f"{rows * low * 4 / 1e6:.1f}" if low == high else f"{rows * low * 4 / 1e6:.1f}-{rows * high * 4 / 1e6:.1f}"
-    return f"{rows:,} rows x {width} = {size} MB"
-
-
-def measures_for(keys: set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
-    """The measures that produce the given cost keys (params and flops are free, always taken)."""
-    return ("params", "flops", "latency") if "latency_ms" in keys else ("params", "flops")
-
 
 @dataclass(frozen=True)
-class Budget:
-    """Serving budgets (a space's ``constraints:``, or ``pareto``/``export``'s ``--max-*`` flags):
-    a config is feasible when every bounded cost is at most its budget."""
+class Limits:
+    """Serving limits (a space's ``limits:``, or ``pareto``/``export``'s ``--max-*`` flags): a
+    config is feasible when every bounded cost is at most its limit."""
 
     limits: tuple[tuple[str, float], ...] = ()
 
     @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "constraints") -> "Budget":
+    def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "limits", section: str = "limits") -> "Limits":
         limits = []
+        keys = [m.key for m in MEASURES.values()]
         for key, value in (raw or {}).items():
-            if key not in BUDGET_KEYS:
-                raise ConfigError(f"{where}: key 'constraints.{key}': unknown cost; allowed: {', '.join(BUDGET_KEYS)}")
+            if key not in keys:
+                raise ConfigError(f"{where}: key '{section}.{key}': unknown cost; allowed: {', '.join(keys)}")
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value != value or value == float("inf"):
-                raise ConfigError(f"{where}: key 'constraints.{key}': must be a number > 0, got {value!r}")
+                raise ConfigError(f"{where}: key '{section}.{key}': must be a number > 0, got {value!r}")
             limits.append((key, float(value)))
         return cls(tuple(limits))
 
@@ -77,7 +61,7 @@ class Budget:
         return [key for key, _ in self.limits]
 
     def excess(self, cost: Mapping[str, Any]) -> list[float]:
-        """Per limit, cost - budget (<= 0 is within budget): Optuna's constraint values."""
+        """Per limit, cost - limit (<= 0 is within it): Optuna's constraint values (``Trial.set_constraint``)."""
         return [float(cost[key]) - limit for key, limit in self.limits]
 
     def violations(self, cost: Mapping[str, Any]) -> list[str]:
@@ -91,7 +75,7 @@ class Budget:
         return dict(self.limits)
 
     def allows(self, cost: Mapping[str, Any] | None) -> bool:
-        """Within every limit; a trial without the measured cost is outside any budget on it."""
+        """Within every limit; a trial without the measured cost is outside any limit on it."""
         return cost is not None and all(key in cost and float(cost[key]) <= limit for key, limit in self.limits)
 
 
@@ -99,48 +83,44 @@ def _shown(value: float) -> str:
     return f"{int(value):,}" if float(value).is_integer() and abs(value) >= 1000 else f"{value:g}"
 
 
-@dataclass(frozen=True)
-class Serving:
-    """Where latency is measured: the serving batch size and threads (``serving:`` in a space)."""
+class Measure:
+    """One serving cost measure. ``name``: the word a space, ``--x/--y`` and ``--max-NAME`` use;
+    ``key``: the stored cost key (and ``limits:`` key); ``column``: its report column (None: the
+    report shows it elsewhere); ``integer``: whether ``--max-NAME`` takes an integer; ``always``:
+    taken on every trial (cheap), else only where a space optimises, bounds or serves it."""
 
-    batch_size: int = 256
-    threads: int = 1
-    repeats: int = 30
-    warmup: int = 5
-    engine: str = "torchscript"
+    name: ClassVar[str]
+    key: ClassVar[str]
+    column: ClassVar[str | None] = None
+    help: ClassVar[str] = ""
+    integer: ClassVar[bool] = True
+    always: ClassVar[bool] = True
 
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None, where: str = "serving") -> "Serving":
-        raw = dict(raw or {})
-        unknown = sorted(set(raw) - set(SERVING_KEYS))
-        if unknown:
-            raise ConfigError(f"{where}: key 'serving.{unknown[0]}': unknown; allowed: {', '.join(SERVING_KEYS)}")
-        for key in ("batch_size", "threads", "repeats"):
-            value = raw.get(key, getattr(cls, key))
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{where}: key 'serving.{key}': must be an integer >= 1, got {value!r}")
-        warmup = raw.get("warmup", cls.warmup)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"{where}: key 'serving.warmup': must be an integer >= 0, got {warmup!r}")
-        from ple_search.serve.engines import ENGINES
+    def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
+        raise NotImplementedError
 
-        if raw.get("engine", cls.engine) not in ENGINES:
-            raise ConfigError(f"{where}: key 'serving.engine': must be one of {', '.join(ENGINES)}, got {raw.get('engine')!r}")
-        return cls(**raw)
+    def cell(self, cost: Mapping[str, Any]) -> str:
+        """The report cell of a trial's stored cost; ``-`` where it was not measured."""
+        return _shown(cost[self.key]) if self.key in cost else "-"
 
 
-class Params:
-    name: ClassVar[str] = "params"
+class Params(Measure):
+    name, key = "params", "params"
+    help = "only trials with at most N parameters"
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
         return {"params": sum(p.numel() for p in module.parameters() if p.requires_grad)}
 
 
-class Flops:
-    name: ClassVar[str] = "flops"
+class Flops(Measure):
+    name, key, column = "flops", "flops", "MFLOPs/sample"
+    help = "only trials with at most N multiply-adds per sample"
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
         return {"flops": dense_multiply_adds(module.model)}
+
+    def cell(self, cost: Mapping[str, Any]) -> str:
+        return f"{cost['flops'] / 1e6:.4f}" if "flops" in cost else "-"
 
 
 def dense_multiply_adds(model: nn.Module) -> int:
@@ -154,8 +134,13 @@ def dense_multiply_adds(model: nn.Module) -> int:
     return total
 
 
-class Latency:
-    name: ClassVar[str] = "latency"
+class Latency(Measure):
+    name, key, column = "latency", "latency_ms", "latency ms"
+    help = "only trials whose measured latency is at most MS"
+    integer, always = False, False
+
+    def cell(self, cost: Mapping[str, Any]) -> str:
+        return f"{cost['latency_ms']:.3f}±{cost['latency_spread_ms']:.3f}" if "latency_ms" in cost else "-"
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
         from ple_search.serve.engines import engine, example_inputs
@@ -181,17 +166,25 @@ class Latency:
         return {"latency_ms": round(statistics.median(times), 4), "latency_spread_ms": round(quartiles[2] - quartiles[0], 4)}
 
 
-MEASURES: dict[str, Any] = {m.name: m for m in (Params(), Flops(), Latency())}
+MEASURES: dict[str, Measure] = {m.name: m for m in (Params(), Flops(), Latency())}
+# What a space may optimise or bound: the measure's name in `objectives: [{cost: NAME}]`, and the
+# stored cost key (and `limits:` key) it stands for.
+COST_KEYS = {m.name: m.key for m in MEASURES.values()}
 
 
-def measure_costs(module: PLEModule, serving: Serving | None = None, names: tuple[str, ...] = ("params", "flops", "latency")) -> dict[str, Any]:
+def measures_for(keys: set[str] | list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The measures that produce the given cost keys, with those taken on every trial."""
+    return tuple(m.name for m in MEASURES.values() if m.always or m.key in keys)
+
+
+def measure_costs(module: PLEModule, serving: Serving | None = None, names: tuple[str, ...] | None = None) -> dict[str, Any]:
     """The named cost measures of ``module`` (eval mode; restored to training mode after)."""
     serving = serving or Serving()
     was_training = module.training
     module.eval()
     try:
         costs: dict[str, Any] = {}
-        for name in names:
+        for name in names or tuple(MEASURES):
             costs.update(MEASURES[name].measure(module, serving))
         return costs
     finally:

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor, nn
 
 from ple_search.core.errors import ConfigError
+from ple_search.serve.settings import ENGINES
 from ple_search.train.module import PLEModule
 
-ENGINES = ("torchscript", "onnx", "eager")
 Engine = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (codes [B, C] int64, numeric [B, F] float32) -> [B, T]
 
 

@@ -51,7 +51,7 @@ DEVICE = "device"  # the GPU(s) visible to that process (CUDA_VISIBLE_DEVICES), 
 RETRY_OF = "retry_of"  # the failed trial whose config this one retries
 DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
 COST = "cost"  # serving cost measured before training: params, flops, latency_ms, latency_spread_ms
-OVER_BUDGET = "over_budget"  # why a config over the space's constraints was never trained
+OVER_BUDGET = "over_budget"  # why a config over the space's serving limits was never trained (stored name kept)
 TRIAL_KEYS = (
     HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
     FAIL_REASON, WORKER, DEVICE, RETRY_OF, DUPLICATE_OF, COST, OVER_BUDGET,
@@ -73,11 +73,11 @@ def count_finished(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
 
-def within_budget(study: optuna.Study, trials: Sequence[FrozenTrial], budget: Any) -> list[FrozenTrial]:
-    """The trials whose measured cost is within ``budget`` (a ``cost.Budget``); none is an error."""
-    kept = [t for t in trials if budget.allows(t.user_attrs.get(COST))]
+def within_limits(study: optuna.Study, trials: Sequence[FrozenTrial], limits: Any) -> list[FrozenTrial]:
+    """The trials whose measured cost is within ``limits`` (a ``serve.cost.Limits``); none is an error."""
+    kept = [t for t in trials if limits.allows(t.user_attrs.get(COST))]
     if not kept:
-        raise StorageError(f"no finished trial of study '{study.study_name}' is within the budget ({budget.describe()})")
+        raise StorageError(f"no finished trial of study '{study.study_name}' is within the serving limits ({limits.describe()})")
     return kept
 
 

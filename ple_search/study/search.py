@@ -81,8 +81,8 @@ def open_study(
     tasks = objectives_of(space, dataset)
     names = [t.name for t in tasks] + space.cost_objectives
     directions = [t.direction for t in tasks] + ["minimize"] * len(space.cost_objectives)
-    if space.constraints:
-        check_budget_reachable(space, dataset)
+    if space.limits:
+        check_limits_reachable(space, dataset)
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         created = True
@@ -136,16 +136,16 @@ def cost_reference(space: SearchSpace, dataset: Dataset) -> list[float]:
     return [1.1 * float(cost[key]) for key in space.cost_objectives]
 
 
-def check_budget_reachable(space: SearchSpace, dataset: Dataset) -> None:
-    """Refuse constraints that not even the space's smallest model meets, before any trial."""
+def check_limits_reachable(space: SearchSpace, dataset: Dataset) -> None:
+    """Refuse serving limits that not even the space's smallest model meets, before any trial."""
     try:
         cost = _model_cost(space, dataset, largest=False)
     except ConfigError:
         return  # the smallest corner is not a valid model: the trials will tell
-    violated = space.constraints.violations(cost)
+    violated = space.limits.violations(cost)
     if violated:
         raise ConfigError(
-            f"{space.path}: key 'constraints': no config of the space can meet it: its smallest model has {'; '.join(violated)}"
+            f"{space.path}: key 'limits': no config of the space can meet it: its smallest model has {'; '.join(violated)}"
         )
 
 

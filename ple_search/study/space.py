@@ -29,9 +29,13 @@ import optuna
 from ple_search.core.errors import ConfigError
 from ple_search.core.files import read_yaml
 from ple_search.model.hparams import DEFAULTS, PLEConfig
+from ple_search.serve.cost import COST_KEYS, MEASURES, Limits, measures_for
+from ple_search.serve.settings import Serving
 from ple_search.study.pruning import MOASHA, parse_pruner
 
-TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving", "constraints"}
+TOP_KEYS = {"dataset", "objectives", "sampler", "budget", "fixed", "params", "enqueue", "pruner", "serving", "limits", "constraints"}
+# `constraints:` is the old name of `limits:` (serving limits); `budget:` is the epoch budget only.
+RENAMED_KEYS = {"constraints": "limits"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
@@ -87,30 +91,18 @@ class SearchSpace:
     enqueue: list[dict[str, Any]]
     raw: dict[str, Any]
     pruner: MOASHA | None = None
-    serving: Any = None  # cost.Serving: where each trial's latency is measured; None = not measured
+    serving: Serving | None = None  # where each trial's latency is measured; None = not measured
     cost_objectives: list[str] = field(default_factory=list)  # cost keys optimised (minimised), after the tasks
-    constraints: Any = None  # cost.Budget: hard serving budgets; over-budget configs are never trained
+    limits: Limits | None = None  # hard serving limits; configs over them are never trained
+    notes: list[str] = field(default_factory=list)  # one line each for the user (renamed keys)
 
     def cost_measures(self) -> tuple[str, ...]:
         """The cost measures every trial takes: latency only where something asks for it."""
-        from ple_search.serve.cost import measures_for
+        wanted = {*self.cost_objectives, *(self.limits.keys() if self.limits else [])}
+        return tuple(MEASURES) if self.serving is not None else measures_for(wanted)
 
-        wanted = {*self.cost_objectives, *(self.constraints.keys() if self.constraints else [])}
-        return ("params", "flops", "latency") if self.serving is not None else measures_for(wanted)
-
-    def serving_settings(self) -> Any:
-        from ple_search.serve.cost import Serving
-
+    def serving_settings(self) -> Serving:
         return self.serving or Serving()
-
-    def constraints_func(self, trial: optuna.trial.FrozenTrial) -> list[float]:
-        """Optuna's constraint values (<= 0 feasible) from the cost measured before training."""
-        from ple_search.study.record import COST
-
-        cost = trial.user_attrs.get(COST) or {}
-        if not all(key in cost for key in self.constraints.keys()):
-            return [0.0] * len(self.constraints.keys())  # never measured (failed before): no information
-        return self.constraints.excess(cost)
 
     def extreme_config(self, largest: bool) -> dict[str, Any]:
         """The space's smallest (or largest) model: every range at its low (high) end, every
@@ -145,15 +137,15 @@ class SearchSpace:
         """The sampler the file names, unless ``name``/``seed`` override it."""
         name = name or self.sampler["name"]
         seed = self.sampler.get("seed") if seed is None else seed
-        constraints = {"constraints_func": self.constraints_func} if self.constraints else {}  # samplers learn feasibility
+        # Samplers learn feasibility from the constraint values each trial sets (Trial.set_constraint).
         if name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True, **constraints)
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True)
         if name == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, **constraints)
+            return optuna.samplers.NSGAIISampler(seed=seed)
         if name == "nsga3":
-            return optuna.samplers.NSGAIIISampler(seed=seed, **constraints)
+            return optuna.samplers.NSGAIIISampler(seed=seed)
         if name == "gp":
-            return optuna.samplers.GPSampler(seed=seed, **constraints)
+            return optuna.samplers.GPSampler(seed=seed)
         if name == "random":
             return optuna.samplers.RandomSampler(seed=seed)
         raise ConfigError(f"{self.path}: sampler '{name}' is not one of {list(SAMPLERS)}")
@@ -289,7 +281,7 @@ def parse_space(raw: Any, path: str = "<space>") -> SearchSpace:
         path, _parse_dataset(path, raw.get("dataset")), objectives, _parse_sampler(path, raw.get("sampler")),
         _parse_budget(path, raw.get("budget")), fixed, _conditions_first(path, params), enqueue, raw,
         parse_pruner(path, raw.get("pruner")), _parse_serving(path, raw.get("serving")), cost_objectives,
-        _parse_constraints(path, raw.get("constraints")),
+        _parse_limits(path, raw), notes=_renamed(path, raw),
     )  # fmt: skip
     for i, config in enumerate(enqueue):
         _check_enqueued(space, i, config)
@@ -300,8 +292,6 @@ def _parse_objectives(path: str, raw: Any) -> tuple[list[str] | None, list[str]]
     """Task names (None: every task) and cost keys (``{cost: latency}`` -> ``latency_ms``)."""
     if raw is None:
         return None, []
-    from ple_search.serve.cost import COST_KEYS
-
     problem = "must be a non-empty list of task names and {cost: NAME} entries (NAME: " + ", ".join(COST_KEYS) + ")"
     if not isinstance(raw, list) or not raw:
         raise _fail(path, "objectives", problem)
@@ -318,20 +308,25 @@ def _parse_objectives(path: str, raw: Any) -> tuple[list[str] | None, list[str]]
     return tasks or None, costs
 
 
-def _parse_constraints(path: str, raw: Any) -> Any:
-    if raw is None:
-        return None
-    from ple_search.serve.cost import Budget
+def _renamed(path: str, raw: Mapping[str, Any]) -> list[str]:
+    both = [old for old, new in RENAMED_KEYS.items() if old in raw and new in raw]
+    if both:
+        raise _fail(path, both[0], f"is the old name of '{RENAMED_KEYS[both[0]]}'; keep only '{RENAMED_KEYS[both[0]]}'")
+    return [f"note: {path}: key '{old}' is now called '{new}' (serving limits); it still works" for old, new in RENAMED_KEYS.items() if old in raw]
 
-    budget = Budget.from_dict(_mapping(path, "constraints", raw), path)
-    return budget or None
+
+def _parse_limits(path: str, raw: Mapping[str, Any]) -> Limits | None:
+    """The space's serving limits (``limits:``, formerly ``constraints:``)."""
+    section = "constraints" if "constraints" in raw else "limits"
+    if raw.get(section) is None:
+        return None
+    limits = Limits.from_dict(_mapping(path, section, raw[section]), path, section)
+    return limits or None
 
 
 def _parse_serving(path: str, raw: Any) -> Any:
     if raw is None:
         return None
-    from ple_search.serve.cost import Serving
-
     return Serving.from_dict(_mapping(path, "serving", raw), path)
 
 

@@ -43,6 +43,8 @@ def reuse_twin(trial: optuna.Trial, twin: FrozenTrial) -> list[float]:
     for key, value in twin.user_attrs.items():
         if key not in (WORKER, DEVICE, RETRY_OF, DUPLICATE_OF):
             trial.set_user_attr(key, value)
+    for key, value in twin.constraints.items():  # the samplers see the same feasibility
+        trial.set_constraint(key, value)
     trial.set_user_attr(DUPLICATE_OF, twin.number)
     trial.set_user_attr(TRAIN_SECONDS, 0.0)
     return list(twin.values)
@@ -117,12 +119,17 @@ def trial_costs(module: PLEModule, space: SearchSpace) -> dict[str, Any]:
 
 
 def _record_cost(trial: optuna.Trial, module: PLEModule, space: SearchSpace, cost: dict[str, Any]) -> None:
-    """Store the cost; a config over the space's budget ends PRUNED before any epoch (PRUNED, so
-    the samplers' ``constraints_func`` learns from it)."""
+    """Store the cost and, with serving limits, the trial's constraint values (cost - limit, Optuna's
+    ``Trial.set_constraint``: the samplers learn feasibility from them); a config over the limits
+    ends PRUNED before any epoch."""
     cost.update(trial_costs(module, space))
     trial.set_user_attr(COST, cost)
-    if space.constraints and not space.constraints.allows(cost):
-        reason = "over budget: " + "; ".join(space.constraints.violations(cost))
+    if not space.limits:
+        return
+    for key, excess in zip(space.limits.keys(), space.limits.excess(cost)):
+        trial.set_constraint(key, excess)
+    if not space.limits.allows(cost):
+        reason = "over budget: " + "; ".join(space.limits.violations(cost))
         trial.set_user_attr(OVER_BUDGET, reason)
         raise optuna.TrialPruned(reason)
 
