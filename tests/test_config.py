@@ -17,7 +17,7 @@ def test_the_model_and_the_module_take_their_defaults_from_ple_config():
     defaults = PLEConfig()
     model = PLE(10, 2)
     assert len(model.levels) == defaults.levels
-    assert model.levels[0].p == defaults.experts_per_task and model.levels[0].s == defaults.shared_experts
+    assert model.levels[0].experts_per_task == defaults.experts_per_task and model.levels[0].shared_experts == defaults.shared_experts
     module = PLEModule(Schema(numeric=("x",), tasks=(Task("a", "binary"),)))
     assert module.config == DEFAULTS == defaults.to_dict()
     assert list(DEFAULTS) == [f.name for f in dataclasses.fields(PLEConfig)]
@@ -26,7 +26,7 @@ def test_the_model_and_the_module_take_their_defaults_from_ple_config():
 def test_resolving_fills_defaults_normalises_types_and_names_the_bad_key():
     assert resolve_hparams({"lr": 1, "expert_hidden": 32})["lr"] == 1.0
     assert resolve_hparams({"expert_hidden": 32})["expert_hidden"] == [32]
-    with pytest.raises(ConfigError, match="unknown hyperparameter 'depth': allowed keys are levels, "):
+    with pytest.raises(ConfigError, match="unknown hyperparameter 'depth': allowed keys are architecture, levels, "):
         resolve_hparams({"depth": 3})
     with pytest.raises(ConfigError, match="'levels' = 0 is invalid: must be an integer >= 1"):
         resolve_hparams({"levels": 0})

@@ -32,7 +32,7 @@ def _run_stack(mlp, group, h, final_activation):
 def _first(level, branch, k=None):
     """(weight, bias) of a first layer, for task k or the shared branch, in either layout:
     level 0 keeps every expert's columns in ``expert_in`` and every gate's in ``gate_in``."""
-    t, p, s, h = level.t, level.p, level.s, level.h
+    t, p, s, h = level.num_tasks, level.experts_per_task, level.shared_experts, level.hidden
     if level.shared_input:
         if branch == "experts":
             cols = slice(k * p * h, (k + 1) * p * h) if k is not None else slice(t * p * h, (t * p + s) * h)
@@ -52,7 +52,7 @@ def naive_forward(model: PLE, x: torch.Tensor) -> torch.Tensor:
     t = model.num_tasks
     task_in, shared_in = [x] * t, x
     for level in model.levels:
-        p, s, h = level.p, level.s, level.h
+        p, s, h = level.experts_per_task, level.shared_experts, level.hidden
         shared_experts, task_out, all_task_experts = [], [], []
         for j in range(s):
             w, b = _first(level, "experts")
@@ -188,8 +188,8 @@ def test_invalid_hyperparameters_name_the_key(kwargs, key):
         PLE(10, 2, **kwargs)
 
 
-def test_from_hparams_rejects_unknown_keys():
-    model = PLE.from_hparams(10, 2, {"levels": 1, "expert_hidden": [8]})
+def test_ple_takes_only_its_own_keys():
+    model = PLE(10, 2, levels=1, expert_hidden=[8])
     assert len(model.levels) == 1
-    with pytest.raises(ValueError, match="unknown hyperparameter 'lr'"):
-        PLE.from_hparams(10, 2, {"lr": 0.1})
+    with pytest.raises(ValueError, match="unknown hyperparameter 'lr': PLE takes levels, "):
+        PLE(10, 2, lr=0.1)

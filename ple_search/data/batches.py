@@ -52,6 +52,3 @@ class PLEDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> TensorBatches:
         return TensorBatches(self.dataset.val, self.eval_batch_size)
-
-    def test_dataloader(self) -> TensorBatches:
-        return TensorBatches(self.dataset.test, self.eval_batch_size)

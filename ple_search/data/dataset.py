@@ -84,7 +84,7 @@ class Dataset:
                 known = labels[:, k][~torch.isnan(labels[:, k])]
                 if known.numel() == 0:
                     raise DataError(f"{where}: task '{task.name}' has no labels in the {name} split")
-                if task.type == "binary" and torch.unique(known).numel() < 2:
+                if task.kind.probability and torch.unique(known).numel() < 2:
                     raise DataError(
                         f"{where}: task '{task.name}' has only one class ({float(known[0]):g}) in the "
                         f"{name} split, so its AUC is undefined; use more data or another split"
@@ -110,7 +110,7 @@ def numeric_quantiles(train_numeric: torch.Tensor) -> tuple[tuple[float, ...], .
 
 def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:
     """A regression task with the train split's label mean and std (std 1 when undefined or 0)."""
-    if task.type != "regression":
+    if task.kind.probability:
         return task
     known = train_labels[~torch.isnan(train_labels)].to(torch.float64)
     if known.numel() == 0:

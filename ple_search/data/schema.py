@@ -5,7 +5,33 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-TASK_TYPES = ("binary", "regression")
+
+
+@dataclass(frozen=True)
+class TaskType:
+    """What a task type means everywhere: its validation ``metric`` and that metric's
+    ``direction``; ``probability``: the model outputs a logit, trained with binary cross-entropy
+    and served as a probability (else a value, trained with MSE on standardised labels, served in
+    the label's units); ``reference``: how the hypervolume's worst sensible value is found (AUC
+    0.5, or the RMSE of predicting the train mean)."""
+
+    name: str
+    metric: str
+    direction: str
+    probability: bool
+
+
+# The task types, one entry each: a new type is one entry here plus its loss, metric and test.
+TASK_TYPES: dict[str, TaskType] = {
+    "binary": TaskType("binary", metric="auc", direction="maximize", probability=True),
+    "regression": TaskType("regression", metric="rmse", direction="minimize", probability=False),
+}
+DIRECTIONS = {"maximize": 1.0, "minimize": -1.0}  # the sign that makes larger better
+
+
+def signed(value: float, direction: str) -> float:
+    """``value`` with the sign that makes larger better (AUC as is, RMSE negated)."""
+    return DIRECTIONS[direction] * value
 
 
 @dataclass(frozen=True)
@@ -23,16 +49,20 @@ class Task:
     scale: float = 1.0  # (label - shift) / scale and reports shift + scale * output
 
     @property
+    def kind(self) -> TaskType:
+        return TASK_TYPES[self.type]
+
+    @property
     def metric(self) -> str:
-        return "auc" if self.type == "binary" else "rmse"
+        return self.kind.metric
 
     @property
     def direction(self) -> str:
-        return "maximize" if self.type == "binary" else "minimize"
+        return self.kind.direction
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"name": self.name, "type": self.type}
-        if self.type == "regression":
+        if not self.kind.probability:
             data.update(shift=self.shift, scale=self.scale)
         return data
 

@@ -23,9 +23,9 @@ from ple_search.study.space import SearchSpace, parse_space
 
 
 def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
-    """The study's space for one task: task-balancing keys (``weighting.HPARAM_KEYS``) removed
+    """The study's space for one task: task-balancing keys (``model.hparams.WEIGHTING_KEYS``) removed
     everywhere, and so is any parameter searched only under a removed key (``when``)."""
-    from ple_search.train.weighting import HPARAM_KEYS
+    from ple_search.model.hparams import WEIGHTING_KEYS as HPARAM_KEYS
 
     raw = copy.deepcopy(raw)
     raw["objectives"] = [task]

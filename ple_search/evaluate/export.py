@@ -29,6 +29,7 @@ from ple_search.core.files import atomic_write_text, read_yaml
 from ple_search.study.pareto import nondominated_ranks
 from ple_search.serve.cost import Limits
 from ple_search.data import absolute_spec
+from ple_search.data.schema import DIRECTIONS
 from ple_search.study.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_limits
 from ple_search.study.storage import mask_url
 
@@ -73,7 +74,7 @@ class Pick:
         ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
         self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
         self.values = np.array([t.values for t in self.front])
-        self.sign = np.array([1.0 if d == "maximize" else -1.0 for d in self.directions])
+        self.sign = np.array([DIRECTIONS[d] for d in self.directions])
 
     def choose(self, trial: int | None = None, pick: str | None = None) -> tuple[FrozenTrial, str]:
         """The chosen trial and a sentence saying why."""

@@ -36,7 +36,7 @@ def _features(split: Any, vocab_sizes: Sequence[int]) -> tuple[np.ndarray, np.nd
 
 def _metric(task: Task, y: np.ndarray, scores: np.ndarray) -> float:
     """AUC (higher is better) or RMSE (lower is better), as the networks report them."""
-    if task.type == "binary":
+    if task.kind.probability:
         from sklearn.metrics import roc_auc_score
 
         return float(roc_auc_score(y, scores))
@@ -44,17 +44,17 @@ def _metric(task: Task, y: np.ndarray, scores: np.ndarray) -> float:
 
 
 def _better(task: Task, a: float, b: float) -> bool:
-    return a > b if task.type == "binary" else a < b
+    return a > b if task.kind.probability else a < b
 
 
 def _staged(model: Any, task: Task, x: np.ndarray):
-    return model.staged_decision_function(x) if task.type == "binary" else model.staged_predict(x)
+    return model.staged_decision_function(x) if task.kind.probability else model.staged_predict(x)
 
 
 def _fit(task: Task, params: dict[str, Any], x: np.ndarray, y: np.ndarray, native: np.ndarray, seed: int, max_iter: int) -> Any:
     from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 
-    cls = HistGradientBoostingClassifier if task.type == "binary" else HistGradientBoostingRegressor
+    cls = HistGradientBoostingClassifier if task.kind.probability else HistGradientBoostingRegressor
     model = cls(
         max_iter=max_iter, early_stopping=False, categorical_features=native, random_state=seed,
         max_features=0.8, **params,
@@ -108,11 +108,11 @@ def fit_gbdt(dataset: Any, tasks: Sequence[str], seeds: int = 3, *, grid: dict[s
         vals, tests = [], []
         for seed in range(seeds):
             model = _fit(task, chosen, x_train, y_train, native, seed, chosen_rounds)
-            score = model.decision_function if task.type == "binary" else model.predict
+            score = model.decision_function if task.kind.probability else model.predict
             vals.append(_metric(task, y_val, score(x_val)))
             tests.append(_metric(task, y_test, score(x_test)))
         results[name] = {
-            "model": f"HistGradientBoosting{'Classifier' if task.type == 'binary' else 'Regressor'}",
+            "model": f"HistGradientBoosting{'Classifier' if task.kind.probability else 'Regressor'}",
             "params": {**chosen, "max_iter": chosen_rounds}, "seeds": seeds,
             "val_mean": statistics.fmean(vals), "val_std": statistics.pstdev(vals) if seeds > 1 else 0.0,
             "test_mean": statistics.fmean(tests), "test_std": statistics.pstdev(tests) if seeds > 1 else 0.0,

@@ -18,6 +18,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.serve.cost import MEASURES, Limits
 from ple_search.core.errors import ConfigError, StorageError
+from ple_search.data.schema import DIRECTIONS
+from ple_search.model.architectures import describe
 from ple_search.study.pareto import hypervolume, nondominated_ranks
 from ple_search.study.record import (
     BEST_EPOCH, COST, EPOCHS_RUN, HPARAMS, N_PARAMS, PRUNED_AT, RUNGS, TEST, TRAIN_SECONDS, StudyRecord, finished_trials,
@@ -26,23 +28,8 @@ from ple_search.study.record import (
 
 
 def architecture(hp: dict[str, Any], num_tasks: int) -> str:
-    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``; a numeric encoding other
-    than ``standard`` comes before the balancing method (``... t[8] periodic pcgrad``)."""
-    p, s, levels = hp["experts_per_task"], hp["shared_experts"], hp["levels"]
-    if num_tasks == 1:
-        family = "Single"
-    elif p == 0 and s == 1:
-        family = "SharedBottom"
-    elif p == 0:
-        family = "MMoE"
-    elif levels == 1:
-        family = "CGC"
-    else:
-        family = "PLE"
-    widths = lambda w: "[" + ",".join(str(x) for x in w) + "]"  # noqa: E731
-    encoding = hp.get("numeric_encoding", "standard")
-    encoding = "" if encoding == "standard" else f"{encoding} "
-    return f"{family} L{levels} {p}x{num_tasks}+{s} {widths(hp['expert_hidden'])} t{widths(hp['tower_hidden'])} {encoding}{hp['loss_weighting']}"
+    """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty`` (``model.architectures``)."""
+    return describe(hp, num_tasks)
 
 
 TASK_METRICS = ("auc", "rmse")
@@ -155,7 +142,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         _add_transfer(rows, baselines, task_directions)
     if record.gbdt:
         _add_gbdt_gain(rows, record.gbdt, task_directions)
-    sign = -1.0 if directions[0] == "maximize" else 1.0
+    sign = -DIRECTIONS[directions[0]]
     rows.sort(key=lambda r: (math.inf if r["rank"] is None else r["rank"], sign * r["values"][names[0]]))
     on_front = [r for r in rows if r["rank"] == 0]
     return {
@@ -332,7 +319,7 @@ def front_summary(study: optuna.Study) -> dict[str, Any]:
     values = np.array([t.values for t in trials])
     front = values[nondominated_ranks(values, directions) == 0]
     best = {
-        name: float(values[:, k].max() if d == "maximize" else values[:, k].min())
+        name: float(values[np.argmax(DIRECTIONS[d] * values[:, k]), k])
         for k, (name, d) in enumerate(zip(record.objectives, directions))
     }
     return {"front": len(front), "hypervolume": hypervolume(front, directions, record.reference_point), "best": best}

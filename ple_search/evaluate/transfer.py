@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+from ple_search.data.schema import signed
+
 GAIN, SEESAW, NEGATIVE = "gain", "seesaw", "negative transfer"
 
 
 def mtl_gain(mtl: float, single: float, direction: str) -> float:
     """Positive when multi-task beats single-task, whatever the metric's direction."""
-    return mtl - single if direction == "maximize" else single - mtl
+    return signed(mtl - single, direction)
 
 
 def transfer_label(gains: Sequence[float]) -> str:

@@ -1,7 +1,7 @@
 """``PLEConfig``: every hyperparameter of ``PLEModule`` with its default, type and validation, in
-one place (as nanoGPT's ``GPTConfig``). ``PLE``, ``PLEModule``, search spaces and exported configs
-all read it; validating a config never builds a model. No torch here, so commands that only read
-studies or configs stay fast.
+one place (as nanoGPT's ``GPTConfig``). The architectures (``model.architectures``), the training
+module, search spaces and exported configs all read it; validating a config never builds a model
+and never imports torch, so commands that only read studies or configs stay fast.
 
 The symbols of the PLE paper (Tang et al., RecSys 2020) where they exist: ``levels`` is N, the
 number of extraction layers; ``experts_per_task`` is m_k, the task-specific experts of each task
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, Mapping
 
 from ple_search.core.errors import ConfigError
 
@@ -23,6 +23,15 @@ PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
 BIN_CHOICES = (2, 4, 8, 16, 32, 64)
 WIDTH_KEYS = ("expert_hidden", "gate_hidden", "tower_hidden")
+# Task balancing schemes (``train.weighting``: one class each) and the keys each reads. Named here,
+# torch-free, so that validating a config needs no torch; a test checks the classes agree.
+LOSS_WEIGHTINGS: dict[str, tuple[str, ...]] = {
+    "equal": (), "fixed": ("task_weights",), "scheduled": ("task_weights", "schedule_gamma"), "uncertainty": (),
+    "dwa": ("dwa_temperature",), "gradnorm": ("gradnorm_alpha",), "rlw": (), "pcgrad": (), "mgda": (),
+    "cagrad": ("cagrad_c",), "aligned": (), "nash": (), "famo": ("famo_lr", "famo_gamma"),
+}  # fmt: skip
+# Every key that configures task balancing: what a single-task space drops (``evaluate.baselines``).
+WEIGHTING_KEYS: tuple[str, ...] = ("loss_weighting", *sorted({key for keys in LOSS_WEIGHTINGS.values() for key in keys}))
 
 
 def _invalid(key: str, value: Any, allowed: str) -> ConfigError:
@@ -61,7 +70,8 @@ def _number(key: str, value: Any, *, allow_zero: bool = False) -> float:
 class PLEConfig:
     """Every hyperparameter, its default and its meaning (the README's table is this)."""
 
-    # The model (PLE).
+    # The model: an entry of model.architectures.ARCHITECTURES, and the keys of PLE (the only one).
+    architecture: str = "ple"
     levels: int = 2  # N extraction levels; 1 = CGC
     experts_per_task: int = 3  # m_k task-specific experts per task per level; 0 = MMoE
     shared_experts: int = 2  # m_s shared experts per level
@@ -76,7 +86,7 @@ class PLEConfig:
     numeric_bins: int = 16  # quantile, piecewise: bins at train-split quantiles (a divisor of 64)
     periodic_frequencies: int = 16  # periodic: k learned frequencies per feature
     periodic_sigma: float = 1.0  # periodic: std of the frequencies' initialisation
-    loss_weighting: str = "equal"  # a name of weighting.SCHEMES
+    loss_weighting: str = "equal"  # a name of LOSS_WEIGHTINGS (train.weighting.SCHEMES)
     task_weights: Any = None  # fixed weights / scheduled w_k0 (number, list or {task: w})
     schedule_gamma: float = 0.95  # scheduled: w_k(t) = w_k0 * gamma_k^t per epoch
     dwa_temperature: float = 2.0  # DWA (Liu et al. 2019)
@@ -90,10 +100,6 @@ class PLEConfig:
     batch_size: int = 1024
     precision: str = "32"  # Lightning's: 32, bf16-mixed (CPU and GPU), 16-mixed (GPU)
 
-    MODEL_KEYS: ClassVar[tuple[str, ...]] = (
-        "levels", "experts_per_task", "shared_experts", "expert_hidden", "gate_hidden", "tower_hidden", "dropout", "activation",
-    )  # fmt: skip
-
     @classmethod
     def keys(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
@@ -106,8 +112,6 @@ class PLEConfig:
         keys = allowed or tuple(cls.keys())
         unknown = sorted(set(hparams) - set(keys))
         if unknown:
-            if allowed is cls.MODEL_KEYS:
-                raise ConfigError(f"unknown hyperparameter '{unknown[0]}': PLE takes {', '.join(keys)}")
             raise ConfigError(f"unknown hyperparameter '{unknown[0]}': allowed keys are {', '.join(keys)}")
         config = cls(**hparams)
         config.validate()
@@ -131,21 +135,18 @@ class PLEConfig:
             raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
-        from ple_search.train.weighting import SCHEMES  # the registry is the list of names
-
-        if self.loss_weighting not in SCHEMES:
-            raise _invalid("loss_weighting", self.loss_weighting, f"must be one of {sorted(SCHEMES)}")
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise _invalid("loss_weighting", self.loss_weighting, f"must be one of {sorted(LOSS_WEIGHTINGS)}")
         self.validate_model()
 
     def validate_model(self) -> None:
-        """The model's keys alone (what ``PLE`` checks)."""
-        check_int("levels", self.levels, 1)
-        check_int("experts_per_task", self.experts_per_task, 0)
-        check_int("shared_experts", self.shared_experts, 0)
-        if self.experts_per_task + self.shared_experts == 0:
-            raise ConfigError(
-                "hyperparameters 'experts_per_task' = 0 and 'shared_experts' = 0 are invalid: at least one of them must be >= 1"
-            )
+        """The model's keys alone: the generic ones here, the architecture's own combinations in
+        its registry entry."""
+        from ple_search.model.architectures import ARCHITECTURES
+
+        if self.architecture not in ARCHITECTURES:
+            raise _invalid("architecture", self.architecture, f"must be one of {sorted(ARCHITECTURES)}")
+        ARCHITECTURES[self.architecture].check(self)
         for key in WIDTH_KEYS:
             setattr(self, key, check_widths(key, getattr(self, key), allow_empty=key != "expert_hidden"))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
@@ -160,9 +161,11 @@ class PLEConfig:
             data[key] = list(data[key])
         return data
 
-    def model_kwargs(self) -> dict[str, Any]:
-        """The keys ``PLE`` takes."""
-        return {key: getattr(self, key) for key in self.MODEL_KEYS}
+    def model_keys(self) -> tuple[str, ...]:
+        """The keys this config's architecture takes."""
+        from ple_search.model.architectures import ARCHITECTURES
+
+        return ARCHITECTURES[self.architecture].keys
 
 
 DEFAULTS: dict[str, Any] = PLEConfig().to_dict()

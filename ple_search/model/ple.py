@@ -11,89 +11,15 @@ is a single-task model.
 
 from __future__ import annotations
 
-import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from ple_search.model.hparams import ACTIVATIONS as ACTIVATION_NAMES
+from ple_search.core.errors import ConfigError
+from ple_search.model.base import MultiTaskModel
 from ple_search.model.hparams import PLEConfig, check_int
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "gelu": nn.GELU,
-    "silu": nn.SiLU,
-    "tanh": nn.Tanh,
-    "elu": nn.ELU,
-    "leaky_relu": nn.LeakyReLU,
-}
-assert tuple(ACTIVATIONS) == ACTIVATION_NAMES, "config.ACTIVATIONS names the modules above"
-_HAS_INPLACE = {"relu", "silu", "elu", "leaky_relu"}
-
-
-def make_activation(name: str, inplace: bool = False) -> nn.Module:
-    """The activation module; in place where supported, for fresh matmul outputs only: large
-    out-of-place results cost a new allocation (page faults) plus a full memory pass on CPU."""
-    return ACTIVATIONS[name](inplace=True) if inplace and name in _HAS_INPLACE else ACTIVATIONS[name]()
-
-
-def _uniform(shape: Sequence[int], fan_in: int) -> nn.Parameter:
-    """PyTorch's default ``nn.Linear`` initialisation, U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
-    bound = 1.0 / math.sqrt(fan_in)
-    return nn.Parameter(torch.empty(*shape).uniform_(-bound, bound))
-
-
-class GroupedLinear(nn.Module):
-    """``groups`` independent linear maps, ``[G, B, in] -> [G, B, out]``, as one ``baddbmm``."""
-
-    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = _uniform((groups, in_features, out_features), in_features)
-        self.bias = _uniform((groups, 1, out_features), in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.baddbmm(self.bias, x, self.weight)
-
-
-class GroupedMLP(nn.Module):
-    """``groups`` independent MLPs run side by side; activation after every layer but the last
-    unless ``final_activation`` (experts end in an activation, gates and towers in raw values)."""
-
-    def __init__(
-        self,
-        groups: int,
-        widths: Sequence[int],
-        activation: str,
-        dropout: float,
-        final_activation: bool,
-    ) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        for i, (fan_in, fan_out) in enumerate(zip(widths[:-1], widths[1:])):
-            layers.append(GroupedLinear(groups, fan_in, fan_out))
-            if final_activation or i < len(widths) - 2:
-                layers.append(make_activation(activation, inplace=True))
-                if dropout > 0:
-                    layers.append(nn.Dropout(dropout))
-        self.layers = nn.Sequential(*layers)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.layers(x)
-
-
-class DenseLinear(nn.Module):
-    """``[B, in] -> [B, out]`` with the weight stored ``[in, out]`` like ``GroupedLinear``'s groups,
-    so level 0 can concatenate every first layer into one matmul."""
-
-    def __init__(self, in_features: int, out_features: int) -> None:
-        super().__init__()
-        self.weight = _uniform((in_features, out_features), in_features)
-        self.bias = _uniform((out_features,), in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return torch.addmm(self.bias, x, self.weight)
-
+from ple_search.model.layers import DenseLinear, GroupedLinear, GroupedMLP, make_activation
 
 class Level(nn.Module):
     """One extraction level: per-task experts, shared experts, task gates and a shared gate.
@@ -123,9 +49,9 @@ class Level(nn.Module):
         shared_input: bool = False,
     ) -> None:
         super().__init__()
-        t, p, s = num_tasks, experts_per_task, shared_experts
-        self.t, self.p, self.s = t, p, s
-        self.h = expert_hidden[0]
+        t, p, s = num_tasks, experts_per_task, shared_experts  # the paper's K, m_k, m_s
+        self.num_tasks, self.experts_per_task, self.shared_experts = t, p, s
+        self.hidden = expert_hidden[0]  # width of every expert's first layer
         self.shared_input = shared_input
         self.activation = make_activation(activation)
         # First-layer outputs are fresh matmul results: activating them in place saves a pass.
@@ -139,11 +65,11 @@ class Level(nn.Module):
         self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
         gate_width = t * self.task_gate_first + self.shared_gate_first
         if shared_input:
-            self.expert_in = DenseLinear(in_dim, (t * p + s) * self.h)
+            self.expert_in = DenseLinear(in_dim, (t * p + s) * self.hidden)
             self.gate_in = DenseLinear(in_dim, gate_width) if gate_width else None
         else:
-            self.task_expert_in = GroupedLinear(t, in_dim, p * self.h) if p else None
-            self.shared_expert_in = DenseLinear(in_dim, s * self.h) if s else None
+            self.task_expert_in = GroupedLinear(t, in_dim, p * self.hidden) if p else None
+            self.shared_expert_in = DenseLinear(in_dim, s * self.hidden) if s else None
             self.task_gate_in = GroupedLinear(t, in_dim, self.task_gate_first) if self.task_gate_first else None
             self.shared_gate_in = DenseLinear(in_dim, self.shared_gate_first) if self.shared_gate_first else None
         self.task_experts = GroupedMLP(t * p, list(expert_hidden), activation, dropout, True) if p else None
@@ -156,7 +82,7 @@ class Level(nn.Module):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         """Activated first expert layers ``[T*P, B, h]`` and ``[S, B, h]``, and raw gate logits
         ``[T, B, g]`` and ``[B, g]`` (None where absent)."""
-        t, p, s, h = self.t, self.p, self.s, self.h
+        t, p, s, h = self.num_tasks, self.experts_per_task, self.shared_experts, self.hidden
         task_gates = shared_gate = None
         if self.shared_input:
             hidden = self.dropout(self.activation_inplace(self.expert_in(shared_in)))
@@ -187,7 +113,7 @@ class Level(nn.Module):
 
     def forward(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Return task outputs ``[T, B, d]`` and the shared output ``[B, d]`` (None at the last level)."""
-        t, p, s = self.t, self.p, self.s
+        t, p, s = self.num_tasks, self.experts_per_task, self.shared_experts
         task_h, shared_h, task_logits, shared_logits = self.first_layers(task_in, shared_in)
         task_experts = self.task_experts(task_h).unflatten(0, (t, p)) if p else None  # [T, P, B, d]
         shared_experts = self.shared_expert_stack(shared_h) if s else None  # [S, B, d]
@@ -213,7 +139,7 @@ class Level(nn.Module):
         return out, shared_out
 
 
-class PLE(nn.Module):
+class PLE(MultiTaskModel):
     """Progressive Layered Extraction over a dense input; ``forward(x[B, D]) -> [B, num_tasks]``.
 
     Per level, task k's gate mixes task k's ``experts_per_task`` experts and the
@@ -222,8 +148,9 @@ class PLE(nn.Module):
     one output) sit on each task's output of the last level; outputs are raw (logits or values).
     """
 
-    def __init__(self, input_dim: int, num_tasks: int, **hparams: Any) -> None:
-        """``hparams``: the model keys of ``PLEConfig`` (defaults and validation live there).
+    def __init__(self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, **hparams: Any) -> None:
+        """``config``: a validated ``PLEConfig`` (what ``PLEModule`` passes: parsed once), or
+        ``hparams``: its model keys (defaults and validation live there).
 
         Args:
             input_dim: width of the dense input (embeddings and numeric features).
@@ -234,7 +161,14 @@ class PLE(nn.Module):
         super().__init__()
         check_int("input_dim", input_dim, 1)
         check_int("num_tasks", num_tasks, 1)
-        config = PLEConfig.from_dict(hparams, allowed=PLEConfig.MODEL_KEYS)
+        if config is None:
+            from ple_search.model.architectures import ARCHITECTURES
+
+            keys = ARCHITECTURES["ple"].keys
+            unknown = sorted(set(hparams) - set(keys))
+            if unknown:
+                raise ConfigError(f"unknown hyperparameter '{unknown[0]}': PLE takes {', '.join(keys)}")
+            config = PLEConfig.from_dict(hparams)
         levels, experts_per_task, shared_experts = config.levels, config.experts_per_task, config.shared_experts
         expert_hidden, gate_hidden, tower_hidden = config.expert_hidden, config.gate_hidden, config.tower_hidden
         activation, dropout = config.activation, config.dropout
@@ -259,10 +193,9 @@ class PLE(nn.Module):
             num_tasks, [expert_hidden[-1], *tower_hidden, 1], activation, float(dropout), False
         )
 
-    @classmethod
-    def from_hparams(cls, input_dim: int, num_tasks: int, hparams: Mapping[str, Any]) -> "PLE":
-        """Build from a hyperparameter dict; keys other than the model's are rejected."""
-        return cls(input_dim, num_tasks, **dict(hparams))
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The experts and gates of every level (the towers are each task's own)."""
+        return (p for p in self.levels.parameters() if p.requires_grad)
 
     def last_shared_layer(self) -> tuple[nn.Parameter, slice] | None:
         """The weight of the last layer every task shares (the last level's shared experts) and
@@ -274,7 +207,7 @@ class PLE(nn.Module):
         if linears:
             return linears[-1].weight, slice(None)
         if last.shared_input:
-            return last.expert_in.weight, slice(last.t * last.p * last.h, None)
+            return last.expert_in.weight, slice(last.num_tasks * last.experts_per_task * last.hidden, None)
         return last.shared_expert_in.weight, slice(None)
 
     def forward(self, x: Tensor) -> Tensor:

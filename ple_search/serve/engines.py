@@ -28,14 +28,10 @@ class ServingModel(nn.Module):
 
     def __init__(self, module: PLEModule) -> None:
         super().__init__()
-        self.encoder, self.model = module.encoder, module.model
-        self.register_buffer("is_binary", module.is_binary.clone())
-        self.register_buffer("label_shift", module.label_shift.clone())
-        self.register_buffer("label_scale", module.label_scale.clone())
+        self.encoder, self.model, self.head = module.encoder, module.model, module.head
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        out = self.model(self.encoder(cat, num)) * self.label_scale + self.label_shift
-        return torch.where(self.is_binary, torch.sigmoid(out), out)
+        return self.head.serve(self.head(self.model(self.encoder(cat, num))))
 
 
 def example_inputs(module: PLEModule, batch_size: int, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -167,9 +167,9 @@ def predict(
         outputs = run(cat, num)  # engines take the codes and numerics as transform returns them
     result = pd.DataFrame(outputs, columns=module.schema.task_names, index=frame.index)
     if weights:
-        types = {t.name: t.type for t in module.schema.tasks}
-        bad = [t for t in weights if types.get(t) != "binary"]
+        binary = [t.name for t in module.schema.tasks if t.kind.probability]
+        bad = [t for t in weights if t not in binary]
         if bad:
-            raise DataError(f"--weights: '{bad[0]}' is not a binary task of this model; binary tasks: {[t for t, k in types.items() if k == 'binary']}")
+            raise DataError(f"--weights: '{bad[0]}' is not a binary task of this model; binary tasks: {binary}")
         result["score"] = np.prod([result[t].to_numpy() ** w for t, w in weights.items()], axis=0)
     return result

@@ -15,10 +15,12 @@ from typing import Sequence
 import moocore
 import numpy as np
 
+from ple_search.data.schema import DIRECTIONS
+
 
 def losses(values: np.ndarray, directions: Sequence[str]) -> np.ndarray:
     """Objective values as losses (every column minimised)."""
-    sign = np.array([-1.0 if d == "maximize" else 1.0 for d in directions])
+    sign = np.array([-DIRECTIONS[d] for d in directions])
     return np.asarray(values, dtype=float) * sign
 
 

@@ -40,7 +40,7 @@ def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
     ref = []
     for name in objectives:
         k = dataset.schema.task_names.index(name)
-        if dataset.schema.tasks[k].type == "binary":
+        if dataset.schema.tasks[k].kind.probability:
             ref.append(0.5)
         else:
             train, val = dataset.train.labels[:, k], dataset.val.labels[:, k]

@@ -28,6 +28,7 @@ import optuna
 
 from ple_search.core.errors import ConfigError
 from ple_search.core.files import read_yaml
+from ple_search.model.architectures import architecture_of
 from ple_search.model.hparams import DEFAULTS, PLEConfig
 from ple_search.serve.cost import COST_KEYS, MEASURES, Limits, measures_for
 from ple_search.serve.settings import Serving
@@ -106,7 +107,8 @@ class SearchSpace:
 
     def extreme_config(self, largest: bool) -> dict[str, Any]:
         """The space's smallest (or largest) model: every range at its low (high) end, every
-        list-of-widths choice the narrowest (widest); other keys fixed or first choice."""
+        list-of-widths choice the narrowest (widest); other keys fixed or first choice; then made
+        buildable by its architecture (e.g. PLE with no expert at all gets one shared expert)."""
         values = dict(self.fixed)
         for param in self.params:
             if param.type == "categorical":
@@ -116,9 +118,7 @@ class SearchSpace:
             else:
                 value = param.high if largest else param.low
                 values[param.name] = int(value) if param.type == "int" else value
-        if values.get("experts_per_task", DEFAULTS["experts_per_task"]) + values.get("shared_experts", DEFAULTS["shared_experts"]) == 0:
-            values["shared_experts"] = 1
-        return values
+        return architecture_of(values).valid(values)
 
     def possible(self, key: str) -> list[Any]:
         """Every value ``key`` can take in this space (its choices or range ends, else the fixed

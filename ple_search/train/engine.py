@@ -17,7 +17,7 @@ import torch
 
 from ple_search.data import Dataset, PLEDataModule, Split
 from ple_search.data.batches import EVAL_BATCH_SIZE, TensorBatches
-from ple_search.data.schema import Task
+from ple_search.data.schema import Task, signed
 from ple_search.core.errors import ConfigError, TrialFailed
 from ple_search.train.metrics import task_metrics
 from ple_search.train.module import PLEModule
@@ -28,8 +28,8 @@ StopCheck = Callable[[int, dict[str, float]], bool]  # (epochs done, best metric
 
 def score(metrics: dict[str, float], objectives: Sequence[Task]) -> float:
     """Mean of direction-signed objective metrics; -inf when any is undefined."""
-    signed = [metrics[t.name] if t.direction == "maximize" else -metrics[t.name] for t in objectives]
-    return -math.inf if any(math.isnan(v) for v in signed) else sum(signed) / len(signed)
+    values = [signed(metrics[t.name], t.direction) for t in objectives]
+    return -math.inf if any(math.isnan(v) for v in values) else sum(values) / len(values)
 
 
 class EpochRecorder(pl.Callback):

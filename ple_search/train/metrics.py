@@ -42,7 +42,7 @@ def task_metrics(outputs: Tensor, labels: Tensor, tasks: Sequence[Task]) -> dict
     for k, task in enumerate(tasks):
         known = ~torch.isnan(labels[:, k])
         out, y = outputs[known, k].float(), labels[known, k]
-        result[task.name] = roc_auc(out, y) if task.type == "binary" else rmse(out, y)
+        result[task.name] = roc_auc(out, y) if task.kind.probability else rmse(out, y)
     return result
 
 

@@ -13,9 +13,9 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ple_search.model.hparams import DEFAULTS
 from ple_search.core.errors import ConfigError
-from ple_search.model.ple import PLE
+from ple_search.model.base import MultiTaskModel
+from ple_search.model.hparams import DEFAULTS, LOSS_WEIGHTINGS, WEIGHTING_KEYS
 
 
 def per_task(key: str, value: Any, task_names: Sequence[str], default: float) -> Tensor:
@@ -46,7 +46,7 @@ class LossWeighting(nn.Module):
     name: ClassVar[str]
     keys: ClassVar[tuple[str, ...]] = ()  # the hyperparameters (PLEConfig keys) the scheme reads
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__()
         self.num_tasks = len(task_names)
 
@@ -54,7 +54,7 @@ class LossWeighting(nn.Module):
         """Current per-task weights, ``[T]``."""
         raise NotImplementedError
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         """Total loss from the per-task losses ``[T]``."""
         return (self.weights().to(losses) * losses).sum()
 
@@ -84,7 +84,7 @@ class Fixed(LossWeighting):
     name = "fixed"
     keys = ("task_weights",)
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.register_buffer("_weights", per_task("task_weights", hparams.get("task_weights"), task_names, 1.0))
 
@@ -99,7 +99,7 @@ class Scheduled(LossWeighting):
     name = "scheduled"
     keys = ("task_weights", "schedule_gamma")
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.register_buffer("initial", per_task("task_weights", hparams.get("task_weights"), task_names, 1.0))
         self.register_buffer("gamma", per_task("schedule_gamma", hparams.get("schedule_gamma"), task_names, 1.0))
@@ -118,14 +118,14 @@ class Uncertainty(LossWeighting):
 
     name = "uncertainty"
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.log_vars = nn.Parameter(torch.zeros(self.num_tasks))
 
     def weights(self) -> Tensor:
         return 0.5 * torch.exp(-self.log_vars.detach())
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         return (0.5 * torch.exp(-self.log_vars) * losses + 0.5 * self.log_vars).sum()
 
 
@@ -136,7 +136,7 @@ class DynamicWeightAverage(LossWeighting):
     name = "dwa"
     keys = ("dwa_temperature",)
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.temperature = float(hparams.get("dwa_temperature", DEFAULTS["dwa_temperature"]))
         self.register_buffer("_weights", torch.ones(self.num_tasks))
@@ -160,7 +160,7 @@ class GradNorm(LossWeighting):
     name = "gradnorm"
     keys = ("gradnorm_alpha",)
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         if model.last_shared_layer() is None:
             raise ConfigError(
@@ -174,7 +174,7 @@ class GradNorm(LossWeighting):
     def weights(self) -> Tensor:
         return self.task_weights.detach()
 
-    def gradient_norms(self, losses: Tensor, model: PLE) -> Tensor:
+    def gradient_norms(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         """||d(w_k L_k)/dW|| on the last shared layer W, differentiable w.r.t. the weights."""
         shared, columns = model.last_shared_layer()
         norms = []
@@ -185,7 +185,7 @@ class GradNorm(LossWeighting):
             norms.append(grad[..., columns].norm() if grad is not None else losses.new_zeros(()))
         return torch.stack(norms)
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         with torch.no_grad():
             self.task_weights.clamp_(min=1e-3)
             self.task_weights.mul_(self.num_tasks / self.task_weights.sum())
@@ -209,14 +209,14 @@ class RandomLossWeighting(LossWeighting):
 
     name = "rlw"
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.register_buffer("_weights", torch.ones(self.num_tasks), persistent=False)
 
     def weights(self) -> Tensor:
         return self._weights
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         if self.training and torch.is_grad_enabled():
             self._weights = self.num_tasks * torch.softmax(torch.randn(self.num_tasks, device=losses.device), dim=0)
         return (self._weights.to(losses) * losses).sum()
@@ -261,7 +261,7 @@ def min_norm_weights(gram: Tensor, iterations: int = 50) -> Tensor:
 
 class GradientBalancing(LossWeighting):
     """Base of the schemes that combine per-task gradients of the shared extraction network (the
-    experts and gates of every level, ``model.levels``) into one update direction. The returned
+    parameters every task shares, ``model.shared_parameters()``) into one update direction. The returned
     loss keeps each task's gradient on its own tower (and the summed gradient on the embeddings)
     and carries the combined direction on the shared parameters through a value-neutral
     surrogate. One extra backward pass per task per step (``bench/weighting.py``)."""
@@ -269,7 +269,7 @@ class GradientBalancing(LossWeighting):
     def weights(self) -> Tensor:
         return self._last_weights
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.register_buffer("_last_weights", torch.ones(self.num_tasks), persistent=False)
 
@@ -278,11 +278,11 @@ class GradientBalancing(LossWeighting):
         on the scale of their sum (what equal weighting would apply)."""
         raise NotImplementedError
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         total = losses.sum()
         if not (self.training and torch.is_grad_enabled() and losses.requires_grad):
             return total
-        shared = [p for p in model.levels.parameters() if p.requires_grad]
+        shared = list(model.shared_parameters())
         grads = task_gradients(losses, shared)
         correction = (self.combine(grads) - grads.sum(0)).detach()
         surrogate, offset = losses.new_zeros(()), 0
@@ -335,7 +335,7 @@ class CAGrad(GradientBalancing):
     name = "cagrad"
     keys = ("cagrad_c",)
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.c = float(hparams.get("cagrad_c", DEFAULTS["cagrad_c"]))
 
@@ -433,7 +433,7 @@ class FAMO(LossWeighting):
     wants_losses_after_step = True
     EPSILON: ClassVar[float] = 1e-8
 
-    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> None:
+    def __init__(self, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> None:
         super().__init__(task_names, hparams, model)
         self.register_buffer("logits", torch.zeros(self.num_tasks))  # xi
         self.register_buffer("_weights", torch.ones(self.num_tasks), persistent=False)
@@ -445,7 +445,7 @@ class FAMO(LossWeighting):
     def weights(self) -> Tensor:
         return self._weights
 
-    def forward(self, losses: Tensor, model: PLE) -> Tensor:
+    def forward(self, losses: Tensor, model: MultiTaskModel) -> Tensor:
         if not (self.training and torch.is_grad_enabled()):
             return losses.sum()
         shifted = losses.detach().float().clamp_min(self.EPSILON)
@@ -473,11 +473,11 @@ SCHEMES: dict[str, type[LossWeighting]] = {
 }
 
 
-# Every key that configures task balancing: what a single-task space drops (``baselines.py``).
-HPARAM_KEYS: tuple[str, ...] = ("loss_weighting", *sorted({key for cls in SCHEMES.values() for key in cls.keys}))
+assert {name: cls.keys for name, cls in SCHEMES.items()} == LOSS_WEIGHTINGS, "model.hparams.LOSS_WEIGHTINGS names these classes"
+HPARAM_KEYS = WEIGHTING_KEYS  # every key that configures task balancing
 
 
-def make_weighting(name: str, task_names: Sequence[str], hparams: Mapping[str, Any], model: PLE) -> LossWeighting:
+def make_weighting(name: str, task_names: Sequence[str], hparams: Mapping[str, Any], model: MultiTaskModel) -> LossWeighting:
     """Instantiate the scheme registered as ``name``."""
     if name not in SCHEMES:
         raise ConfigError(

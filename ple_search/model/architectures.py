@@ -1,0 +1,117 @@
+"""The architectures a search can choose, one registry entry each (hyperparameter ``architecture``).
+
+Torch-free: an entry names the hyperparameters its network reads, checks how they combine, says
+how a report describes a config in one cell and what its smallest valid config is, and names the
+``MultiTaskModel`` subclass that builds it (imported only when a model is built). A new
+architecture is its network module (a ``model.base.MultiTaskModel``) plus one entry here and its
+test; the training module, weighting, cost, serving and reports need no change.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+from ple_search.core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ple_search.model.base import MultiTaskModel
+    from ple_search.model.hparams import PLEConfig
+
+
+def _widths(w: Any) -> str:
+    return "[" + ",".join(str(x) for x in w) + "]"
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One architecture. ``network``: ``"module:Class"`` of its ``MultiTaskModel``;
+    ``keys``: the ``PLEConfig`` keys the network takes; ``check(config)``: raises a
+    ``ConfigError`` for combinations that build no model; ``family(hp, num_tasks)``: the name a
+    report gives a config (e.g. CGC, MMoE for special cases of PLE); ``shape(hp, num_tasks)``:
+    the rest of its report cell; ``valid(values)``: a space corner made buildable."""
+
+    name: str
+    network: str
+    keys: tuple[str, ...]
+    check: Callable[["PLEConfig"], None]
+    family: Callable[[Mapping[str, Any], int], str]
+    shape: Callable[[Mapping[str, Any], int], str]
+    valid: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values
+
+    def model_class(self) -> type["MultiTaskModel"]:
+        module, _, cls = self.network.partition(":")
+        return getattr(importlib.import_module(module), cls)
+
+    def describe(self, hp: Mapping[str, Any], num_tasks: int) -> str:
+        return f"{self.family(hp, num_tasks)} {self.shape(hp, num_tasks)}"
+
+
+# --- PLE (Tang et al., RecSys 2020) and its special cases: CGC, MMoE, shared-bottom, single-task ---
+
+
+def _ple_check(config: "PLEConfig") -> None:
+    from ple_search.model.hparams import check_int
+
+    check_int("levels", config.levels, 1)
+    check_int("experts_per_task", config.experts_per_task, 0)
+    check_int("shared_experts", config.shared_experts, 0)
+    if config.experts_per_task + config.shared_experts == 0:
+        raise ConfigError(
+            "hyperparameters 'experts_per_task' = 0 and 'shared_experts' = 0 are invalid: at least one of them must be >= 1"
+        )
+
+
+def _ple_family(hp: Mapping[str, Any], num_tasks: int) -> str:
+    p, s, levels = hp["experts_per_task"], hp["shared_experts"], hp["levels"]
+    if num_tasks == 1:
+        return "Single"
+    if p == 0 and s == 1:
+        return "SharedBottom"
+    if p == 0:
+        return "MMoE"
+    return "CGC" if levels == 1 else "PLE"
+
+
+def _ple_shape(hp: Mapping[str, Any], num_tasks: int) -> str:
+    return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
+
+
+def _ple_valid(values: dict[str, Any]) -> dict[str, Any]:
+    from ple_search.model.hparams import DEFAULTS
+
+    if values.get("experts_per_task", DEFAULTS["experts_per_task"]) + values.get("shared_experts", DEFAULTS["shared_experts"]) == 0:
+        values = {**values, "shared_experts": 1}
+    return values
+
+
+PLE = Architecture(
+    name="ple",
+    network="ple_search.model.ple:PLE",
+    keys=("levels", "experts_per_task", "shared_experts", "expert_hidden", "gate_hidden", "tower_hidden", "dropout", "activation"),
+    check=_ple_check,
+    family=_ple_family,
+    shape=_ple_shape,
+    valid=_ple_valid,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (PLE,)}
+
+
+def architecture_of(hp: Mapping[str, Any]) -> Architecture:
+    """The registry entry a hyperparameter dict names (``ple`` for configs stored before the key)."""
+    return ARCHITECTURES[hp.get("architecture", "ple")]
+
+
+def describe(hp: Mapping[str, Any], num_tasks: int) -> str:
+    """One readable report cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``: the architecture's
+    own description, then a numeric encoding other than ``standard``, then the task balancing."""
+    encoding = hp.get("numeric_encoding", "standard")
+    encoding = "" if encoding == "standard" else f"{encoding} "
+    return f"{architecture_of(hp).describe(hp, num_tasks)} {encoding}{hp['loss_weighting']}"
+
+
+def build(config: "PLEConfig", input_dim: int, num_tasks: int) -> "MultiTaskModel":
+    """The network of a validated config."""
+    return ARCHITECTURES[config.architecture].model_class()(input_dim, num_tasks, config=config)

@@ -1,0 +1,38 @@
+"""``MultiTaskModel``: what every architecture is to the rest of ple-search.
+
+The training module, task weighting, cost measures, serving and reports talk to an architecture
+only through this interface, so a new architecture is one module (a ``MultiTaskModel`` subclass)
+plus its entry in ``model.architectures.ARCHITECTURES`` and its test.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from torch import Tensor, nn
+
+
+class MultiTaskModel(nn.Module):
+    """A network over the dense input: ``forward(x [B, D]) -> [B, num_tasks]`` raw outputs (logits
+    for binary tasks, standardised values for regression tasks; ``model.head`` turns them into
+    task units and serving outputs).
+
+    Subclasses say which of their parameters every task shares, for the weighting schemes that
+    balance gradients there (``shared_parameters``: PCGrad, MGDA, CAGrad, Aligned-MTL, Nash-MTL;
+    ``last_shared_layer``: GradNorm)."""
+
+    input_dim: int
+    num_tasks: int
+
+    def shared_parameters(self) -> Iterator[nn.Parameter]:
+        """The trainable parameters every task's loss reaches (the shared extraction network, not
+        the towers); gradient balancing combines the task gradients on them."""
+        raise NotImplementedError
+
+    def last_shared_layer(self) -> tuple[nn.Parameter, slice] | None:
+        """The weight of the last layer every task shares and the slice of its last dimension
+        that is shared (GradNorm measures gradient norms there); None if there is none."""
+        return None
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - the interface
+        raise NotImplementedError

@@ -1,0 +1,89 @@
+"""Input encoders: categorical codes through embeddings, numeric features as they are or through a
+learned numeric encoding; the dense input every architecture reads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+class NumericEncoder(nn.Module):
+    """Numeric features to per-feature embeddings ``[B, F] -> [B, F*d]`` (Gorishniy et al.,
+    "On Embeddings for Numerical Features in Tabular Deep Learning", NeurIPS 2022):
+
+    * ``quantile``: the bin of each value (edges at train-split quantiles), one embedding per bin.
+    * ``piecewise``: the piecewise-linear encoding over the same bins (1 for bins below the value,
+      its position inside its own bin, 0 above), then a per-feature linear layer.
+    * ``periodic``: sin and cos of 2*pi*c*x with k learned frequencies c per feature (initialised
+      N(0, sigma)), then a per-feature linear layer and ReLU.
+
+    The edges are buffers taken from the schema (fitted on train only), so TorchScript, ONNX and
+    ``predict`` use exactly the training edges."""
+
+    def __init__(self, kind: str, quantiles: tuple[tuple[float, ...], ...], d: int, bins: int, frequencies: int, sigma: float) -> None:
+        super().__init__()
+        f = len(quantiles)
+        self.kind, self.f, self.d = kind, f, d
+        if kind in ("quantile", "piecewise"):
+            step = (len(quantiles[0]) - 1) // bins if f else 1
+            edges = torch.tensor([list(q[::step]) for q in quantiles], dtype=torch.float32) if f else torch.zeros(0, bins + 1)
+            self.register_buffer("inner", edges[:, 1:-1].contiguous())  # [F, bins-1]
+            self.register_buffer("low", edges[:, :-1].contiguous())  # [F, bins]
+            self.register_buffer("width", (edges[:, 1:] - edges[:, :-1]).clamp_min(1e-6).contiguous())  # [F, bins]
+            self.bins = bins
+        if kind == "quantile":
+            self.register_buffer("offsets", torch.arange(f) * bins, persistent=False)
+            self.table = nn.Embedding(max(f * bins, 1), d)
+        elif kind == "piecewise":
+            self.weight = nn.Parameter(torch.empty(f, bins, d).uniform_(-bins**-0.5, bins**-0.5))
+            self.bias = nn.Parameter(torch.zeros(f, d))
+        elif kind == "periodic":
+            self.frequencies = nn.Parameter(torch.randn(f, frequencies) * sigma)
+            self.weight = nn.Parameter(torch.empty(f, 2 * frequencies, d).uniform_(-(2 * frequencies) ** -0.5, (2 * frequencies) ** -0.5))
+            self.bias = nn.Parameter(torch.zeros(f, d))
+
+    def piecewise(self, num: Tensor) -> Tensor:
+        """``[B, F] -> [B, F, bins]``: 1 below the value's bin, its position in it, 0 above; the
+        first and last bins are open (values beyond the train range extrapolate linearly)."""
+        position = (num.unsqueeze(-1) - self.low) / self.width  # [B, F, bins]
+        if self.bins == 1:
+            return position
+        first, middle, last = position[..., :1].clamp(max=1.0), position[..., 1:-1].clamp(0.0, 1.0), position[..., -1:].clamp(min=0.0)
+        return torch.cat([first, middle, last], -1)
+
+    def forward(self, num: Tensor) -> Tensor:
+        if self.kind == "quantile":
+            index = (num.unsqueeze(-1) > self.inner).sum(-1)  # [B, F]: the bin, as bucketize, in one op
+            return self.table(index + self.offsets).flatten(1)
+        if self.kind == "piecewise":
+            encoded = self.piecewise(num)  # [B, F, bins]
+        else:
+            angles = 2 * math.pi * self.frequencies * num.unsqueeze(-1)  # [B, F, k]
+            encoded = torch.cat([torch.sin(angles), torch.cos(angles)], -1)  # [B, F, 2k]
+        out = torch.einsum("bfi,fid->bfd", encoded, self.weight) + self.bias  # per-feature linear layer
+        return (torch.relu(out) if self.kind == "periodic" else out).flatten(1)
+
+
+class FeatureEncoder(nn.Module):
+    """Categorical codes through one embedding table (per-feature offsets), concatenated with the
+    numeric features as they are (``standard``: ``[B, C*embedding_dim + F]``) or encoded by
+    ``NumericEncoder`` (``[B, (C + F)*embedding_dim]``)."""
+
+    def __init__(self, vocab_sizes: tuple[int, ...], embedding_dim: int, numeric: NumericEncoder | None = None, num_numeric: int = 0) -> None:
+        super().__init__()
+        offsets = torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)[: len(vocab_sizes)]
+        self.register_buffer("offsets", offsets, persistent=False)
+        self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim)
+        self.numeric = numeric
+        self.out_dim = len(vocab_sizes) * embedding_dim + (num_numeric * embedding_dim if numeric is not None else num_numeric)
+        self.has_categorical = bool(vocab_sizes)
+
+    def forward(self, cat: Tensor, num: Tensor) -> Tensor:
+        if self.numeric is not None:
+            num = self.numeric(num)
+        if not self.has_categorical:
+            return num
+        embedded = self.embedding(cat + self.offsets).flatten(1)
+        return torch.cat([embedded, num], dim=1)
