@@ -22,7 +22,7 @@ from ple_search.train.metrics import summarize
 from ple_search.cli.progress import quiet_libraries
 from ple_search.train.engine import TrialSettings, train_on_seeds
 from ple_search.study.pareto import nondominated_ranks
-from ple_search.study.record import HPARAMS, StudyRecord, finished_trials, objective_tasks
+from ple_search.study.record import HPARAMS, StudyRecord, finished_trials
 from ple_search.study.search import load_study_and_data
 
 
@@ -66,7 +66,7 @@ def main() -> None:
     quiet_libraries()
     _, study, dataset = load_study_and_data(args.study, args.storage, args.data_dir)
     record = StudyRecord.from_study(study)
-    tasks = objective_tasks(dataset.schema, record.task_objectives())
+    tasks = dataset.schema.tasks_named(record.task_objectives())
     names = [t.name for t in tasks]
     confirmed = record.confirmed.get("trials", {})
     if args.trial is None:

@@ -17,7 +17,7 @@ _LAZY = {
     "PLEModule": "ple_search.train.module",
     "build_module": "ple_search.serve.production",
     "load_trained": "ple_search.serve.production",
-    "load_config": "ple_search.evaluate.export",
+    "load_config": "ple_search.serve.exported",
 }
 
 __all__ = [

@@ -73,13 +73,21 @@ def children_of(pid):
     return [int(p) for p in subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()]
 
 
+def _leads_session(pid):
+    try:
+        return os.getsid(pid) == pid
+    except ProcessLookupError:
+        return False
+
+
 def workers_of(pid, count, timeout=60):
     """The pids of ``count`` workers of parent ``pid``: the children of its children (the fork
-    server's), and every process below ``pid``."""
+    server's) that lead their own session (the process that prepares the run does not), and
+    every process below ``pid``."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         below = children_of(pid)
-        workers = [w for c in below for w in children_of(c)]
+        workers = [w for c in below for w in children_of(c) if _leads_session(w)]
         if len(workers) >= count:
             return workers, below + workers
         time.sleep(0.2)
@@ -366,9 +374,9 @@ print(json.dumps({"calls": calls, "initialized": torch.cuda.is_initialized()}))
     assert result.stdout.strip().splitlines()[-1] == '{"calls": [], "initialized": false}'
 
 
-def _fail_one(args):
+def _fail_one(request):
     """A worker entry for the test below: worker 1 fails with a message, worker 0 succeeds."""
-    if args[-1] == "1":
+    if request.worker == 1:
         print("error: the data file is gone", file=sys.stderr)
         return 2
     return 0
@@ -378,11 +386,13 @@ def test_a_worker_that_exits_with_an_error_is_counted_and_its_last_line_reaches_
     from rich.console import Console
 
     from ple_search.study.parallel import run_workers
+    from ple_search.study.run import RunRequest
 
     lines = []
     study = optuna.create_study(directions=["maximize", "maximize"])
+    request = RunRequest("x", 2, jobs=2)
     errors, interrupted = run_workers(
-        _fail_one, ["run", "--study", "x", "--jobs", "2"], 2, 1, study, console=Console(file=open(os.devnull, "w")),
+        _fail_one, [request.for_worker(i, 1) for i in range(2)], study, console=Console(file=open(os.devnull, "w")),
         on_line=lambda i, line: lines.append((i, line)), tick=lambda: None,
     )  # fmt: skip
     assert (errors, interrupted) == (1, False)

@@ -14,7 +14,8 @@ from sklearn.metrics import roc_auc_score
 
 from helpers import user_table
 from ple_search.cli.main import main
-from ple_search.evaluate.export import Pick, load_config
+from ple_search.evaluate.export import Pick
+from ple_search.serve.exported import load_config
 from ple_search.serve.production import load_engine, predict
 from ple_search.serve.engines import onnx_available
 

@@ -108,7 +108,8 @@ def _tracking_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tensorboard", metavar="DIR", help="Lightning's TensorBoard logger in DIR, one version per trial or seed")
 
 
-def _tracker(args: argparse.Namespace, experiment: str):
+def _tracker(args, experiment: str):
+    """The MLflow tracker of ``--mlflow`` (``args``: parsed options or a ``RunRequest``), or None."""
     if not args.mlflow:
         return None
     from ple_search.study.tracking import MLflowTracker
@@ -149,7 +150,6 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--storage-retry", type=RETRY_SECONDS, default=300.0, help="seconds to keep retrying an unreachable storage mid-run")
     _tracking_args(run)
     run.add_argument("--allow-space-change", action="store_true", help="resume a study whose stored space searches other params")
-    run.add_argument("--worker", type=INDEX, help=argparse.SUPPRESS)  # index of a --jobs worker
 
     pareto = sub.add_parser("pareto", help="show the Pareto-optimal trials of a study")
     pareto.add_argument("--study", required=True)
@@ -220,42 +220,48 @@ def _resume_hint(argv: Sequence[str]) -> str:
     return "ple-search " + shlex.join(shown)
 
 
+def _run_request(args: argparse.Namespace):
+    """The checked options of ``run`` as the typed request the library and the workers take."""
+    from ple_search.study.run import RunRequest
+
+    fields = RunRequest.__dataclass_fields__
+    values = {k: v for k, v in vars(args).items() if k in fields}
+    values["devices"] = tuple(args.devices) if args.devices else None
+    return RunRequest(**values)
+
+
 def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    from ple_search.cli.progress import LiveReporter, LogReporter, quiet_libraries
-    from ple_search.study.search import load_run_space, load_space_dataset, objectives_of, open_study, run_search
-    from ple_search.study.storage import open_storage
+    from ple_search.cli.progress import quiet_libraries
 
     quiet_libraries()
-    threads = args.threads or max(1, (os.cpu_count() or 1) // args.jobs)
-    storage = open_storage(args.storage, args.heartbeat_interval, args.grace_period, retry_seconds=args.storage_retry, notify=_notice)
-    space = load_run_space(args.study, storage, args.space)
-    if args.worker is None:
-        for note in space.notes:
-            err.print(note)
-    dataset = load_space_dataset(space, args.data_dir)
-    seed = args.seed if args.seed is not None else int(space.sampler.get("seed") or 0)
-    budget = {**space.budget, **{k: v for k, v in (("max_epochs", args.max_epochs), ("patience", args.patience)) if v is not None}}
-    objectives = objectives_of(space, dataset)
-    tracker = _tracker(args, args.study)
-    study = open_study(
-        args.study, storage, space, dataset, sampler=args.sampler, seed=seed,
-        allow_space_change=args.allow_space_change, notify=_notice,
-    )  # fmt: skip
-    if args.worker is None:
-        err.print(f"study {args.study} in {mask_url(args.storage)}; space {space.path}; data: {dataset.info.get('split')}")
-        err.print(_data_line(dataset, space))
-    if args.jobs > 1:  # the parent coordinates: the training engine (Lightning) loads in the workers only
-        return _run_parallel(args, argv, study, threads)
+    request = _run_request(args)
+    if request.jobs > 1:  # the parent coordinates: the data and the engine load in forked processes only
+        _tracker(request, request.study)  # a store MLflow refuses is one line before any study is created
+        return _run_parallel(request, argv)
+    return _run_one(request, argv)
+
+
+def _run_one(request, argv: Sequence[str] | None) -> int:
+    """A run in this process: the user's own with ``--jobs 1``, or one ``--jobs`` worker's."""
     import torch
 
+    from ple_search.cli.progress import LiveReporter, LogReporter
+    from ple_search.study.run import open_run, run_header
+    from ple_search.study.search import run_search
     from ple_search.train.engine import TrialSettings
 
-    torch.set_num_threads(threads)
+    tracker = _tracker(request, request.study)  # checked before any study is created
+    opened = open_run(request, _notice)
+    study = opened.study
+    if request.worker is None:
+        for line in run_header(request, opened):
+            err.print(line)
+    torch.set_num_threads(request.threads or os.cpu_count() or 1)
     settings = TrialSettings.from_budget(
-        objectives, budget, seed=seed, accelerator=args.accelerator, tensorboard=args.tensorboard, experiment=args.study,
+        opened.objectives, request.epoch_budget(opened.space), seed=opened.seed, accelerator=request.accelerator,
+        tensorboard=request.tensorboard, experiment=request.study,
     )  # fmt: skip
-    reporter_cls = LogReporter if args.quiet else LiveReporter
-    display = reporter_cls(study, args.trials, err)
+    display = (LogReporter if request.quiet else LiveReporter)(study, request.trials, err)
     if tracker is not None:
         from ple_search.study.record import StudyRecord
         from ple_search.study.tracking import TrackingReporter
@@ -264,70 +270,64 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     with display as reporter:
         try:
             finished = run_search(
-                study, space, dataset, settings, target=args.trials, reporter=reporter,
-                timeout=args.timeout, storage_url=args.storage, storage_retry=args.storage_retry,
+                study, opened.space, opened.dataset, settings, target=request.trials, reporter=reporter,
+                timeout=request.timeout, storage_url=request.storage, storage_retry=request.storage_retry,
             )  # fmt: skip
         except (KeyboardInterrupt, Interrupted):
-            if args.worker is None:
-                _print_resume(study, args, argv)
+            if request.worker is None:
+                _print_resume(study, request, argv)
             return 0
-    if args.worker is None:
-        err.print(f"{finished}/{args.trials} trials finished. Show the front: ple-search pareto --study {args.study}" + (f" --storage '{mask_url(args.storage)}'" if args.storage != DEFAULT_STORAGE else ""))
+    if request.worker is None:
+        err.print(f"{finished}/{request.trials} trials finished. {_pareto_hint(request)}")
     return 0
 
 
-def _data_line(dataset, space) -> str:
-    from ple_search.serve.settings import embedding_memory
-
-    rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
-    schema = dataset.schema
-    line = f"rows train / val / test {rows}; {len(schema.categorical)} categorical, {len(schema.numeric)} numeric features"
-    if schema.vocab_sizes:
-        line += f"; embeddings {embedding_memory(schema.vocab_sizes, space.possible('embedding_dim'))}"
-    return line
+def _pareto_hint(request) -> str:
+    storage = f" --storage '{mask_url(request.storage)}'" if request.storage != DEFAULT_STORAGE else ""
+    return f"Show the front: ple-search pareto --study {request.study}{storage}"
 
 
 def _notice(message: str) -> None:
     err.print(message)
 
 
-def _print_resume(study, args: argparse.Namespace, argv: Sequence[str]) -> None:
+def _print_resume(study, request, argv: Sequence[str]) -> None:
     from ple_search.study.record import count_finished
 
-    err.print(f"interrupted: {count_finished(study)}/{args.trials} trials finished and kept; running trials are marked FAIL.")
+    err.print(f"interrupted: {count_finished(study)}/{request.trials} trials finished and kept; running trials are marked FAIL.")
     err.print(f"resume with: {_resume_hint(argv)}")
 
 
-def _worker_devices(args: argparse.Namespace) -> list[str] | None:
-    """``--devices``, else every visible GPU when the run may use one, else None (CPU)."""
-    if args.devices:
-        return args.devices
-    if args.accelerator in ("gpu", "auto"):
-        import torch
-
-        if torch.cuda.is_available():
-            return [str(i) for i in range(torch.cuda.device_count())]
-    return None
-
-
-def _run_parallel(args: argparse.Namespace, argv: Sequence[str], study, threads: int) -> int:
-    from ple_search.study.parallel import run_workers
+def _run_parallel(request, argv: Sequence[str]) -> int:
+    """``--jobs N``: the study is opened (created, checked) in a forked process, then N workers run
+    it; this process only shows their progress and recovers dead workers' trials."""
     from ple_search.cli.progress import WorkersReporter
+    from ple_search.study.parallel import call_forked, run_workers
+    from ple_search.study.run import prepare_run
+    from ple_search.study.storage import load_study, open_storage
 
-    reporter = WorkersReporter(study, args.trials, err, args.jobs, echo=args.quiet)
+    prepared = call_forked(prepare_run, request)
+    for line in prepared["lines"]:
+        err.print(line)
+    storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
+    study = load_study(request.study, storage)
+    threads = request.threads or max(1, (os.cpu_count() or 1) // request.jobs)
+    workers = [request.for_worker(i, threads) for i in range(request.jobs)]
+    reporter = WorkersReporter(study, request.trials, err, request.jobs, echo=request.quiet)
     with reporter:
         errors, interrupted = run_workers(
-            worker_main, argv, args.jobs, threads, study, console=err, on_line=reporter.worker_line, tick=reporter.tick, devices=_worker_devices(args),
+            worker_main, workers, study, console=err, on_line=reporter.worker_line, tick=reporter.tick,
+            devices=list(request.devices or prepared["gpus"]) or None,
         )  # fmt: skip
     if interrupted:
-        _print_resume(study, args, argv)
+        _print_resume(study, request, argv)
         return 0
     if errors:
-        err.print(f"error: {errors} of {args.jobs} workers failed; see their last lines above")
+        err.print(f"error: {errors} of {request.jobs} workers failed; see their last lines above")
         return 2
     from ple_search.study.record import count_finished
 
-    err.print(f"{count_finished(study)}/{args.trials} trials finished by {args.jobs} workers. Show the front: ple-search pareto --study {args.study}")
+    err.print(f"{count_finished(study)}/{request.trials} trials finished by {request.jobs} workers. {_pareto_hint(request)}")
     return 0
 
 
@@ -377,7 +377,8 @@ def cmd_studies(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from ple_search.evaluate.export import Pick, build_config, write_config
+    from ple_search.evaluate.export import Pick, build_config
+    from ple_search.serve.exported import write_config
     from ple_search.study.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
@@ -411,7 +412,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from rich.progress import Progress
 
-    from ple_search.evaluate.export import load_config
+    from ple_search.serve.exported import load_config
     from ple_search.cli.progress import quiet_libraries
     from ple_search.serve.production import load_config_dataset, train
 
@@ -529,18 +530,24 @@ def _raise_interrupt(signum, frame) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     if args.command == "run":
+        return _guarded(lambda: cmd_run(args, argv), interruptible=True)
+    commands = {
+        "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
+        "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm,
+    }  # fmt: skip
+    return _guarded(lambda: commands[args.command](args))
+
+
+def _guarded(command: Callable[[], int], interruptible: bool = False) -> int:
+    """Run a command: library errors and storage failures are one line and exit code 2; with
+    ``interruptible`` (``run``), Ctrl-C and SIGTERM raise ``Interrupted`` where the run handles them."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    if interruptible:
         for sig in previous:
             signal.signal(sig, _raise_interrupt)
     try:
-        if args.command == "run":
-            return cmd_run(args, argv)
-        commands = {
-            "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
-            "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm,
-        }  # fmt: skip
-        return commands[args.command](args)
+        return command()
     except PLESearchError as exc:
         err.print(f"error: {' '.join(str(exc).split())}")  # one line, whatever the source said
         return 2
@@ -559,12 +566,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             signal.signal(sig, handler)
 
 
-def worker_main(argv: Sequence[str]) -> int:
-    """``main`` in a ``--jobs`` worker (``parallel``): the consoles are made again, as this module
-    may have been imported before the worker's stderr became its pipe to the parent."""
+def worker_main(request) -> int:
+    """A ``--jobs`` worker (``study.parallel``): its ``RunRequest`` run in this process, with the
+    consoles made again (this module may have been imported before the worker's stderr became
+    its pipe to the parent) and Ctrl-C/SIGTERM handled as in ``run``."""
     global err, out
     err, out = _consoles()
-    return main(argv)
+    return _guarded(lambda: _run_one(request, None), interruptible=True)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import math
 import time
 import warnings
@@ -18,10 +17,9 @@ from ple_search.evaluate.report import front_summary
 
 
 def quiet_libraries() -> None:
-    """Lightning's per-trainer banners and Optuna's per-trial logs are noise beside our display."""
+    """Optuna's per-trial logs are noise beside our display (Lightning's banners are silenced where
+    trainers are made, ``train.engine.quiet_lightning``: it resets its loggers when imported)."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    for name in ("pytorch_lightning", "lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", message=".*LeafSpec.*")
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
+
+from ple_search.core.errors import ConfigError
 
 
 
@@ -82,6 +84,14 @@ class Schema:
     @property
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
+
+    def tasks_named(self, names: Sequence[str], where: str = "the study") -> list[Task]:
+        """The tasks named by ``names``, in that order (each must be a task; else a ``ConfigError``
+        naming ``where``)."""
+        unknown = [n for n in names if n not in self.task_names]
+        if unknown:
+            raise ConfigError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {self.task_names}")
+        return [self.tasks[self.task_names.index(n)] for n in names]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored in checkpoints and study attributes."""

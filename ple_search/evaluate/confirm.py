@@ -20,7 +20,7 @@ from ple_search.core.errors import ConfigError, StorageError
 from ple_search.train.metrics import summarize
 from ple_search.train.engine import SeedRun, TrialSettings, train_on_seeds
 from ple_search.study.pareto import hypervolume_contributions, nondominated_ranks
-from ple_search.study.record import COST, HPARAMS, StudyRecord, finished_trials, objective_tasks, write_confirmed
+from ple_search.study.record import COST, HPARAMS, StudyRecord, finished_trials, write_confirmed
 
 SEED_OFFSET = 10_000
 
@@ -51,7 +51,7 @@ def run_confirm(
 ) -> dict[str, Any]:
     """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
     record = StudyRecord.from_study(study)
-    tasks = objective_tasks(dataset.schema, record.task_objectives())
+    tasks = dataset.schema.tasks_named(record.task_objectives())
     settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study.study_name}-confirm")
     confirmed = dict(record.confirmed.get("trials", {}))
     for trial in trials:

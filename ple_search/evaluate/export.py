@@ -14,18 +14,14 @@ Pick rules (all on validation metrics of the Pareto front):
 from __future__ import annotations
 
 import datetime as _dt
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search._version import __version__
 from ple_search.core.errors import ConfigError, StorageError
-from ple_search.model.hparams import PLEConfig
-from ple_search.core.files import atomic_write_text, read_yaml
 from ple_search.study.pareto import nondominated_ranks
 from ple_search.serve.cost import Limits
 from ple_search.data import absolute_spec
@@ -33,7 +29,6 @@ from ple_search.data.schema import DIRECTIONS
 from ple_search.study.record import BEST_EPOCH, COST, HPARAMS, TEST, VAL, StudyRecord, finished_trials, within_limits
 from ple_search.study.storage import mask_url
 
-CONFIG_KEYS = {"ple_search_version", "hparams", "dataset", "split", "schema", "objectives", "training", "provenance"}
 
 
 def parse_weights(text: str, tasks: list[str]) -> dict[str, float]:
@@ -142,29 +137,3 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
             "exported_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         },
     }
-
-
-def write_config(config: dict[str, Any], path: Path) -> None:
-    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
-
-
-def load_config(path: str | Path) -> dict[str, Any]:
-    """Read and validate an exported config (``yaml.safe_load``); problems are ``ConfigError``s."""
-    path = Path(path)
-    config = read_yaml(path, "config")
-    if not isinstance(config, dict):
-        raise ConfigError(f"{path}: a config must be a mapping with keys {sorted(CONFIG_KEYS)}")
-    missing = sorted({"hparams", "dataset", "schema", "training"} - set(config))
-    unknown = sorted(set(config) - CONFIG_KEYS)
-    if missing or unknown:
-        raise ConfigError(f"{path}: {'missing' if missing else 'unknown'} key '{(missing or unknown)[0]}'; a config has {sorted(CONFIG_KEYS)}")
-    try:
-        config["hparams"] = PLEConfig.from_dict(config["hparams"]).to_dict()
-    except ConfigError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
-    training = config["training"]
-    for key in ("max_epochs", "patience"):
-        value = training.get(key)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{path}: training.{key} = {value!r} must be an integer >= 1")
-    return config

@@ -27,11 +27,10 @@ from ple_search.data import Dataset
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
 from ple_search.core.errors import ConfigError, DataError
-from ple_search.evaluate.export import write_config
+from ple_search.serve.exported import write_config
 from ple_search.core.files import fsync_path, fsync_tree
 from ple_search.train.module import PLEModule
 from ple_search.train.metrics import summarize
-from ple_search.study.record import objective_tasks
 from ple_search.serve.engines import Engine, engine, export_onnx, onnx_available, torchscript
 from ple_search.train.engine import EpochHook, SeedRun, TrialSettings, score, train_on_seeds
 
@@ -67,7 +66,7 @@ def train(
     ``out_dir`` atomically; returns the metrics written to ``metrics.json``.
 
     Args:
-        config: an exported config (``export.load_config``).
+        config: an exported config (``serve.exported.load_config``).
         dataset: its data (``data.load_described(config["dataset"])``).
         out_dir: the folder to create; it must not exist.
         seeds: train on seeds 0..seeds-1; the best by validation score is exported.
@@ -81,7 +80,7 @@ def train(
         raise ConfigError(f"output folder {out_dir} already exists; pass another --out")
     if seeds < 1:
         raise ConfigError(f"--seeds must be >= 1, got {seeds}")
-    tasks = objective_tasks(dataset.schema, config.get("objectives") or dataset.schema.task_names, "the config")
+    tasks = dataset.schema.tasks_named(config.get("objectives") or dataset.schema.task_names, "the config")
     training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
     study = (config.get("provenance") or {}).get("study", "model")
     settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study}-train")

@@ -1,8 +1,10 @@
 """``ple-search run --jobs N``: N worker processes on one machine sharing one study.
 
-Each worker runs the same ``ple-search run`` arguments with ``--jobs 1`` and its share of the
-cores; the study, its target and the trial numbering live in the storage, so workers need no other
-coordination. The parent shows one display for all, forwards SIGINT/SIGTERM to the workers, and
+Each worker runs the parent's ``RunRequest`` with one job and its share of the cores
+(``RunRequest.for_worker``); the study, its target and the trial numbering live in the storage, so
+workers need no other coordination. What needs the data or the engine before the workers start
+(creating the study, its reference point and limit checks) runs in one more process forked the same
+way (``call_forked``), so the parent never imports torch or Lightning. The parent shows one display for all, forwards SIGINT/SIGTERM to the workers, and
 when a worker dies abnormally (e.g. SIGKILL) marks the trial it was running FAIL and enqueues its
 config once more, which also covers storages without heartbeats (the journal file).
 
@@ -29,17 +31,17 @@ import sys
 import threading
 import time
 from multiprocessing.connection import Connection
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import optuna
 from optuna.trial import TrialState
 from rich.console import Console
 
-from ple_search.core.errors import Interrupted
+from ple_search.core.errors import Interrupted, PLESearchError
 from ple_search.study.record import FAIL_REASON, RETRY_OF, WORKER
 
 WorkerLine = Callable[[int, str], None]
-WorkerEntry = Callable[[list[str]], int]  # the CLI's main for one worker's arguments
+WorkerEntry = Callable[[Any], int]  # the CLI's entry for one worker's request (a RunRequest)
 
 # What a worker imports, loaded once by the fork server (an ImportError there is skipped, and the
 # worker imports what is missing itself). Not the CLI module: its consoles must see the worker's pipe.
@@ -102,24 +104,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_arguments(argv: Sequence[str], threads: int, index: int) -> list[str]:
-    """The parent's arguments minus ``--jobs/--threads/--quiet``, as quiet worker ``index``
-    (which offsets its sampler seed so workers do not propose the same configs)."""
-    args, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-            continue
-        name = arg.split("=", 1)[0]
-        if name in ("--jobs", "--threads"):
-            skip = "=" not in arg
-            continue
-        if arg == "--quiet":
-            continue
-        args.append(arg)
-    return [*args, "--jobs", "1", "--threads", str(threads), "--quiet", "--worker", str(index)]
-
-
 def worker_env(index: int, devices: Sequence[str] | None) -> dict[str, str]:
     """Worker ``index``'s environment: with ``devices`` (GPU indices), round-robin one of them as
     its only visible device (``CUDA_VISIBLE_DEVICES``), so N workers spread over G GPUs."""
@@ -147,7 +131,52 @@ def _let_go_of_the_fork_server() -> None:
         server._forkserver_alive_fd = None
 
 
-def _worker(entry: WorkerEntry, args: list[str], env: dict[str, str], stderr: Connection) -> None:
+def _called(fn: Callable[..., Any], args: tuple[Any, ...], result: Connection) -> None:
+    """A process forked from the fork server that runs ``fn(*args)`` and sends back
+    ``(True, value)`` or ``(False, exception)``; it dies with its parent."""
+    _let_go_of_the_fork_server()
+    _die_with_parent()
+    try:
+        try:
+            outcome: tuple[bool, Any] = (True, fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - sent to the parent, which raises it
+            outcome = (False, exc)
+        try:
+            result.send(outcome)
+        except Exception:  # noqa: BLE001 - what does not pickle travels as its message
+            result.send((False, PLESearchError(f"{type(outcome[1]).__name__}: {outcome[1]}")))
+    finally:
+        result.close()
+        atexit._run_exitfuncs()
+
+
+def call_forked(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a process forked from the fork server (which has the engine imported), its
+    result returned here and its exception raised here. The caller keeps its own imports: a
+    ``--jobs`` parent opens its study this way without loading torch or Lightning."""
+    context = _fork_server()
+    reader, writer = context.Pipe(duplex=False)
+    proc = context.Process(target=_called, args=(fn, args, writer), name=f"{fn.__name__}")
+    proc.start()
+    writer.close()
+    try:
+        try:
+            ok, value = reader.recv()
+        except EOFError:
+            proc.join()
+            raise PLESearchError(f"the process preparing the run ended without an answer (exit code {proc.exitcode})") from None
+        proc.join()
+    finally:
+        reader.close()
+        if proc.is_alive():
+            proc.terminate()
+            proc.join()
+    if ok:
+        return value
+    raise value
+
+
+def _worker(entry: WorkerEntry, request: Any, env: dict[str, str], stderr: Connection) -> None:
     """A worker process, just forked from the fork server (which has the parent's working folder
     already): its own session (the parent forwards signals), death with its parent, the parent's
     environment as of now plus its device, stdout discarded and stderr the pipe the parent reads."""
@@ -162,9 +191,8 @@ def _worker(entry: WorkerEntry, args: list[str], env: dict[str, str], stderr: Co
     os.dup2(stderr.fileno(), 2)
     os.close(devnull)
     stderr.close()
-    sys.argv = [sys.argv[0], *args]
     try:
-        sys.exit(entry(args))
+        sys.exit(entry(request))
     finally:
         atexit._run_exitfuncs()  # a forked child leaves with os._exit; flush what the run registered
 
@@ -172,16 +200,16 @@ def _worker(entry: WorkerEntry, args: list[str], env: dict[str, str], stderr: Co
 class Workers:
     """Start, watch and stop the worker processes."""
 
-    def __init__(self, entry: WorkerEntry, arguments: list[list[str]], on_line: WorkerLine, devices: Sequence[str] | None = None) -> None:
-        self.entry, self.arguments, self.on_line, self.devices = entry, arguments, on_line, devices
+    def __init__(self, entry: WorkerEntry, requests: Sequence[Any], on_line: WorkerLine, devices: Sequence[str] | None = None) -> None:
+        self.entry, self.requests, self.on_line, self.devices = entry, list(requests), on_line, devices
         self.procs: list[multiprocessing.process.BaseProcess] = []
         self.stopping = False
 
     def start(self) -> None:
         context = _fork_server()
-        for i, args in enumerate(self.arguments):
+        for i, request in enumerate(self.requests):
             reader, writer = context.Pipe(duplex=False)
-            proc = context.Process(target=_worker, args=(self.entry, args, worker_env(i, self.devices), writer), name=f"worker {i}")
+            proc = context.Process(target=_worker, args=(self.entry, request, worker_env(i, self.devices), writer), name=f"worker {i}")
             proc.start()
             writer.close()  # the worker holds the write end now: its exit ends the pump
             self.procs.append(proc)
@@ -231,12 +259,12 @@ class Workers:
 
 
 def run_workers(
-    entry: WorkerEntry, argv: Sequence[str], jobs: int, threads: int, study: optuna.Study, *, console: Console, on_line: WorkerLine,
+    entry: WorkerEntry, requests: Sequence[Any], study: optuna.Study, *, console: Console, on_line: WorkerLine,
     tick: Callable[[], None], devices: Sequence[str] | None = None,
 ) -> tuple[int, bool]:
-    """Run ``jobs`` workers of ``entry`` (the CLI's main) to the end; returns (workers that failed,
-    whether interrupted)."""
-    workers = Workers(entry, [worker_arguments(argv, threads, i) for i in range(jobs)], on_line, devices)
+    """Run one worker of ``entry`` (the CLI's worker entry) per request to the end; returns
+    (workers that failed, whether interrupted)."""
+    workers = Workers(entry, requests, on_line, devices)
     workers.start()
     try:
         return workers.supervise(study, tick, console), False

@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.data.schema import Schema, Task
-from ple_search.core.errors import ConfigError, StorageError
+from ple_search.core.errors import StorageError
 
 META_KEY = "ple_search"
 BASELINES_KEY = "baselines"
@@ -87,14 +87,6 @@ def state_counts(study: optuna.Study) -> dict[str, int]:
     return {s.name.lower(): states.count(s) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)}
 
 
-def objective_tasks(schema: Schema, names: Sequence[str], where: str = "the study") -> list[Task]:
-    """The schema's tasks named by ``names``, in that order (each must be a task)."""
-    unknown = [n for n in names if n not in schema.task_names]
-    if unknown:
-        raise ConfigError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {schema.task_names}")
-    return [schema.tasks[schema.task_names.index(n)] for n in names]
-
-
 @dataclass(frozen=True)
 class StudyRecord:
     """What ``run`` stored about a study, plus what ``baselines`` and ``confirm`` added."""
@@ -138,7 +130,7 @@ class StudyRecord:
 
     def tasks(self) -> list[Task]:
         """The objectives as ``Task``s of the stored schema."""
-        return objective_tasks(Schema.from_dict(self.schema), self.task_objectives(), f"study '{self.name}'")
+        return Schema.from_dict(self.schema).tasks_named(self.task_objectives(), f"study '{self.name}'")
 
 
 def is_ple_study(study: optuna.Study) -> bool:

@@ -11,15 +11,16 @@ import optuna
 from optuna.trial import TrialState
 
 from ple_search._version import __version__
-from ple_search.data import Dataset, absolute_spec
+from ple_search.data import absolute_spec
 from ple_search.core.errors import ConfigError, PLESearchError, StorageError
 from ple_search.study.parallel import reclaim_stale_trials, worker_id
 from ple_search.study.trial import SURPLUS, TrialRun
-from ple_search.study.record import FAIL_REASON, META_KEY, count_finished, directions_of, objective_tasks, write_meta
+from ple_search.study.record import FAIL_REASON, META_KEY, count_finished, directions_of, write_meta
 from ple_search.study.space import SearchSpace
 from ple_search.study.storage import with_retry
 
-if TYPE_CHECKING:  # the training engine (Lightning) loads only in processes that train:
+if TYPE_CHECKING:  # the data's arrays and the training engine load only in processes that train:
+    from ple_search.data import Dataset
     from ple_search.train.engine import TrialSettings  # a --jobs parent coordinates without it
 
 MAX_CONSECUTIVE_FAILURES = 10
@@ -52,7 +53,7 @@ def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
 
 def objectives_of(space: SearchSpace, dataset: Dataset) -> list:
     """The tasks the space optimises (default: every task of the dataset)."""
-    return objective_tasks(dataset.schema, space.objectives or dataset.schema.task_names, space.path)
+    return dataset.schema.tasks_named(space.objectives or dataset.schema.task_names, space.path)
 
 
 def open_study(

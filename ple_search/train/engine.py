@@ -7,6 +7,7 @@ of that epoch are stored for reporting and never used for selection.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -96,9 +97,21 @@ class TrialSettings:
         return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator, tensorboard, experiment)
 
 
+# Lightning sets its loggers to INFO with a handler of its own when it is imported, and then prints
+# banners and tips at every Trainer ("GPU available", "Tip: ... litlogger", "`Trainer.fit` stopped").
+# Only ple-search's own display speaks: its warnings and errors still reach stderr.
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric")
+
+
+def quiet_lightning() -> None:
+    for name in LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run", precision: str = "32") -> pl.Trainer:
-    """A trainer with every per-step extra off: no checkpoints, bars or summaries, and no logger
-    unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the experiment)."""
+    """A trainer with every per-step extra off: no checkpoints, bars, summaries or banners, and no
+    logger unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the experiment)."""
+    quiet_lightning()
     logger: Any = False
     if settings.tensorboard:
         from pytorch_lightning.loggers import TensorBoardLogger

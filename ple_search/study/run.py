@@ -1,0 +1,118 @@
+"""What one ``ple-search run`` asks for, as typed settings (``RunRequest``), and opening it: the
+storage, the space, the data and the study (``open_run``), in this process or, for a ``--jobs``
+parent that only coordinates, in a process forked from the workers' fork server (``prepare_run``),
+so that the parent never loads torch or Lightning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+from ple_search.study.storage import DEFAULT_STORAGE, mask_url
+
+if TYPE_CHECKING:
+    import optuna
+
+    from ple_search.data import Dataset
+    from ple_search.study.space import SearchSpace
+
+Notify = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """Every setting of a run, checked by the CLI; workers get one each (``for_worker``)."""
+
+    study: str
+    trials: int
+    storage: str = DEFAULT_STORAGE
+    space: str | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    timeout: float | None = None
+    data_dir: str | None = None
+    max_epochs: int | None = None
+    patience: int | None = None
+    accelerator: str = "cpu"
+    threads: int | None = None
+    jobs: int = 1
+    devices: tuple[str, ...] | None = None
+    heartbeat_interval: int = 30
+    grace_period: int | None = None
+    storage_retry: float = 300.0
+    mlflow: str | None = None
+    tensorboard: str | None = None
+    allow_space_change: bool = False
+    quiet: bool = False
+    worker: int | None = None  # the index of a --jobs worker; None in the process the user started
+
+    def for_worker(self, index: int, threads: int) -> "RunRequest":
+        """Worker ``index``'s request: one job, its share of threads, one log line per trial."""
+        return dataclasses.replace(self, jobs=1, threads=threads, quiet=True, worker=index)
+
+    def epoch_budget(self, space: "SearchSpace") -> dict[str, int]:
+        """The space's epoch budget with ``--max-epochs``/``--patience`` over it."""
+        given = {"max_epochs": self.max_epochs, "patience": self.patience}
+        return {**space.budget, **{k: v for k, v in given.items() if v is not None}}
+
+
+@dataclass
+class OpenRun:
+    """A run opened: its storage, space, data, study and the seed it samples with."""
+
+    storage: Any
+    space: "SearchSpace"
+    dataset: "Dataset"
+    study: "optuna.Study"
+    seed: int
+    objectives: list
+
+
+def open_run(request: RunRequest, notify: Notify) -> OpenRun:
+    """Open the storage, read the space, load the data and create or resume the study, refusing a
+    different dataset, space or objectives before any trial (``search.open_study``)."""
+    from ple_search.study.search import load_run_space, load_space_dataset, objectives_of, open_study
+    from ple_search.study.storage import open_storage
+
+    storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=notify)
+    space = load_run_space(request.study, storage, request.space)
+    if request.worker is None:
+        for note in space.notes:
+            notify(note)
+    dataset = load_space_dataset(space, request.data_dir)
+    seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
+    study = open_study(
+        request.study, storage, space, dataset, sampler=request.sampler, seed=seed,
+        allow_space_change=request.allow_space_change, notify=notify,
+    )  # fmt: skip
+    return OpenRun(storage, space, dataset, study, seed, objectives_of(space, dataset))
+
+
+def run_header(request: RunRequest, opened: OpenRun) -> list[str]:
+    """The run's first lines: where the study and space are, and the data's rows and features."""
+    from ple_search.serve.settings import embedding_memory
+
+    dataset, space = opened.dataset, opened.space
+    rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
+    schema = dataset.schema
+    data = f"rows train / val / test {rows}; {len(schema.categorical)} categorical, {len(schema.numeric)} numeric features"
+    if schema.vocab_sizes:
+        data += f"; embeddings {embedding_memory(schema.vocab_sizes, space.possible('embedding_dim'))}"
+    return [f"study {request.study} in {mask_url(request.storage)}; space {space.path}; data: {dataset.info.get('split')}", data]
+
+
+def prepare_run(request: RunRequest) -> dict[str, Any]:
+    """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
+    (``parallel.call_forked``): the study created or checked, the lines to print and the GPUs
+    the workers may use. Returns ``{"lines": [...], "gpus": [...]}``."""
+    lines: list[str] = []
+    opened = open_run(request, lines.append)
+    gpus: list[str] = []
+    if request.accelerator in ("gpu", "auto") and not request.devices:
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = [str(i) for i in range(torch.cuda.device_count())]
+    return {"lines": [*lines, *run_header(request, opened)], "gpus": gpus}
