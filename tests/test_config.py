@@ -19,7 +19,7 @@ def test_the_model_and_the_module_take_their_defaults_from_ple_config():
     assert len(model.levels) == defaults.levels
     assert model.levels[0].experts_per_task == defaults.experts_per_task and model.levels[0].shared_experts == defaults.shared_experts
     module = PLEModule(Schema(numeric=("x",), tasks=(Task("a", "binary"),)))
-    assert module.config == DEFAULTS == defaults.to_dict()
+    assert module.resolved == DEFAULTS == defaults.to_dict()
     assert list(DEFAULTS) == [f.name for f in dataclasses.fields(PLEConfig)]
 
 

@@ -53,6 +53,64 @@ def _imports(path: Path) -> list[tuple[int, str]]:
     return found
 
 
+def _type_only(tree: ast.AST) -> set[int]:
+    """Line numbers of imports under ``if TYPE_CHECKING:`` (never run)."""
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and getattr(node.test, "id", None) == "TYPE_CHECKING":
+            lines |= {n.lineno for stmt in node.body for n in ast.walk(stmt) if isinstance(n, (ast.Import, ast.ImportFrom))}
+    return lines
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Each module's imports of other ``ple_search`` modules that run (type-only ones aside)."""
+    paths = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in paths.items():
+        skip = _type_only(ast.parse(path.read_text()))
+        targets = set()
+        for line, imported in _imports(path):
+            if line in skip:
+                continue
+            found = max((m for m in paths if imported == m or imported.startswith(m + ".")), key=len, default=None)
+            if found and found != name and not name.startswith(found + "."):  # a package's own __init__ is always there
+                targets.add(found)
+        graph[name] = targets
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index, low, stack, on, found, counter = {}, {}, [], set(), [], [0]
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return found
+
+
 def _target_layer(imported: str) -> int | None:
     # "ple_search.model.hparams.DEFAULTS" and "ple_search.model.ple" both belong to ``model``
     return _layer(imported)
@@ -76,6 +134,14 @@ def test_no_module_imports_a_higher_layer():
             if target is not None and target > own:
                 violations.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({LAYERS[own]}) imports {imported} ({LAYERS[target]})")
     assert violations == []
+
+
+def test_no_modules_import_each_other_in_a_circle():
+    assert _cycles(_module_graph()) == []
+
+
+def test_the_circle_check_finds_a_circle():
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
 
 
 def test_the_contract_check_catches_an_upward_import(tmp_path):

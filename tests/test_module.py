@@ -53,7 +53,7 @@ def test_checkpoint_restores_the_model_exactly(tmp_path):
     module.eval(), restored.eval()
     with torch.no_grad():
         assert torch.equal(module.predict_outputs(data.test.cat, data.test.num), restored.predict_outputs(data.test.cat, data.test.num))
-    assert restored.config == module.config and restored.schema == module.schema
+    assert restored.resolved == module.resolved and restored.schema == module.schema
 
 
 def test_optimizer_settings_come_from_the_dict():

@@ -15,22 +15,22 @@ from typing import Any, Callable
 import optuna
 
 from ple_search.data import Dataset
+from ple_search.model.hparams import WEIGHTING_KEYS
 from ple_search.train.metrics import summarize
 from ple_search.train.engine import TrialSettings, train_on_seeds
 from ple_search.study.record import HPARAMS, StudyRecord, write_baselines, write_gbdt
-from ple_search.study.search import Reporter, open_study, run_search
+from ple_search.study.search import open_study, run_search
+from ple_search.study.trial import Reporter
 from ple_search.study.space import SearchSpace, parse_space
 
 
 def single_task_space(raw: dict[str, Any], task: str, where: str) -> SearchSpace:
     """The study's space for one task: task-balancing keys (``model.hparams.WEIGHTING_KEYS``) removed
     everywhere, and so is any parameter searched only under a removed key (``when``)."""
-    from ple_search.model.hparams import WEIGHTING_KEYS as HPARAM_KEYS
-
     raw = copy.deepcopy(raw)
     raw["objectives"] = [task]
     params = raw.get("params") or {}
-    removed = set(HPARAM_KEYS) | {n for n, spec in params.items() if isinstance(spec, dict) and set(spec.get("when") or {}) & set(HPARAM_KEYS)}
+    removed = set(WEIGHTING_KEYS) | {n for n, spec in params.items() if isinstance(spec, dict) and set(spec.get("when") or {}) & set(WEIGHTING_KEYS)}
     for section in (params, raw.get("fixed") or {}):
         for name in removed:
             section.pop(name, None)

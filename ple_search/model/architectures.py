@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ple_search.core.errors import ConfigError
+from ple_search.model.checks import check_int
 
 if TYPE_CHECKING:
     from ple_search.model.base import MultiTaskModel
@@ -30,7 +31,7 @@ class Architecture:
     ``keys``: the ``PLEConfig`` keys the network takes; ``check(config)``: raises a
     ``ConfigError`` for combinations that build no model; ``family(hp, num_tasks)``: the name a
     report gives a config (e.g. CGC, MMoE for special cases of PLE); ``shape(hp, num_tasks)``:
-    the rest of its report cell; ``valid(values)``: a space corner made buildable."""
+    the rest of its report cell; ``valid(values, defaults)``: a space corner made buildable."""
 
     name: str
     network: str
@@ -38,7 +39,7 @@ class Architecture:
     check: Callable[["PLEConfig"], None]
     family: Callable[[Mapping[str, Any], int], str]
     shape: Callable[[Mapping[str, Any], int], str]
-    valid: Callable[[dict[str, Any]], dict[str, Any]] = lambda values: values
+    valid: Callable[[dict[str, Any], Mapping[str, Any]], dict[str, Any]] = lambda values, defaults: values
 
     def model_class(self) -> type["MultiTaskModel"]:
         module, _, cls = self.network.partition(":")
@@ -52,8 +53,6 @@ class Architecture:
 
 
 def _ple_check(config: "PLEConfig") -> None:
-    from ple_search.model.hparams import check_int
-
     check_int("levels", config.levels, 1)
     check_int("experts_per_task", config.experts_per_task, 0)
     check_int("shared_experts", config.shared_experts, 0)
@@ -78,10 +77,8 @@ def _ple_shape(hp: Mapping[str, Any], num_tasks: int) -> str:
     return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
 
 
-def _ple_valid(values: dict[str, Any]) -> dict[str, Any]:
-    from ple_search.model.hparams import DEFAULTS
-
-    if values.get("experts_per_task", DEFAULTS["experts_per_task"]) + values.get("shared_experts", DEFAULTS["shared_experts"]) == 0:
+def _ple_valid(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    if values.get("experts_per_task", defaults["experts_per_task"]) + values.get("shared_experts", defaults["shared_experts"]) == 0:
         values = {**values, "shared_experts": 1}
     return values
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from ple_search.core.errors import ConfigError
+from ple_search.model.architectures import ARCHITECTURES
+from ple_search.model.checks import _invalid, _number, check_int, check_widths
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 OPTIMIZERS = ("adam", "adamw")
@@ -32,38 +34,6 @@ LOSS_WEIGHTINGS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 # Every key that configures task balancing: what a single-task space drops (``evaluate.baselines``).
 WEIGHTING_KEYS: tuple[str, ...] = ("loss_weighting", *sorted({key for keys in LOSS_WEIGHTINGS.values() for key in keys}))
-
-
-def _invalid(key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"hyperparameter '{key}' = {value!r} is invalid: {allowed}")
-
-
-def check_int(key: str, value: Any, minimum: int) -> int:
-    """Return ``value`` as an int >= ``minimum`` or raise a ``ConfigError`` naming ``key``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise _invalid(key, value, f"must be an integer >= {minimum}")
-    return value
-
-
-def check_widths(key: str, value: Any, allow_empty: bool) -> tuple[int, ...]:
-    """Return layer widths as a tuple of positive ints or raise a ``ConfigError`` naming ``key``."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value,)
-    if not isinstance(value, (list, tuple)):
-        raise _invalid(key, value, "must be a list of positive integers")
-    if not value and not allow_empty:
-        raise _invalid(key, value, "must be a non-empty list of positive integers")
-    for width in value:
-        if isinstance(width, bool) or not isinstance(width, int) or width < 1:
-            raise _invalid(key, value, "every width must be a positive integer")
-    return tuple(value)
-
-
-def _number(key: str, value: Any, *, allow_zero: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"hyperparameter '{key}' = {value!r} is invalid: must be a number {'>= 0' if allow_zero else '> 0'}")
-    return float(value)
 
 
 @dataclass
@@ -142,8 +112,6 @@ class PLEConfig:
     def validate_model(self) -> None:
         """The model's keys alone: the generic ones here, the architecture's own combinations in
         its registry entry."""
-        from ple_search.model.architectures import ARCHITECTURES
-
         if self.architecture not in ARCHITECTURES:
             raise _invalid("architecture", self.architecture, f"must be one of {sorted(ARCHITECTURES)}")
         ARCHITECTURES[self.architecture].check(self)
@@ -163,8 +131,6 @@ class PLEConfig:
 
     def model_keys(self) -> tuple[str, ...]:
         """The keys this config's architecture takes."""
-        from ple_search.model.architectures import ARCHITECTURES
-
         return ARCHITECTURES[self.architecture].keys
 
 

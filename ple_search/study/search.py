@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import optuna
 from optuna.trial import TrialState
@@ -14,7 +14,7 @@ from ple_search._version import __version__
 from ple_search.data import absolute_spec
 from ple_search.core.errors import ConfigError, PLESearchError, StorageError
 from ple_search.study.parallel import reclaim_stale_trials, worker_id
-from ple_search.study.trial import SURPLUS, TrialRun
+from ple_search.study.trial import SURPLUS, Reporter, TrialRun
 from ple_search.study.record import FAIL_REASON, META_KEY, count_finished, directions_of, write_meta
 from ple_search.study.space import SearchSpace
 from ple_search.study.storage import with_retry
@@ -24,16 +24,6 @@ if TYPE_CHECKING:  # the data's arrays and the training engine load only in proc
     from ple_search.train.engine import TrialSettings  # a --jobs parent coordinates without it
 
 MAX_CONSECUTIVE_FAILURES = 10
-
-
-class Reporter(Protocol):
-    """What the search loop tells its progress display."""
-
-    def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None: ...
-
-    def trial_started(self, number: int) -> None: ...
-
-    def trial_done(self, study: optuna.Study) -> None: ...
 
 
 def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:

@@ -118,7 +118,7 @@ class SearchSpace:
             else:
                 value = param.high if largest else param.low
                 values[param.name] = int(value) if param.type == "int" else value
-        return architecture_of(values).valid(values)
+        return architecture_of(values).valid(values, DEFAULTS)
 
     def possible(self, key: str) -> list[Any]:
         """Every value ``key`` can take in this space (its choices or range ends, else the fixed

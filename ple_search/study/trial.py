@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -22,11 +22,20 @@ from ple_search.study.space import SearchSpace
 
 if TYPE_CHECKING:  # the training engine (Lightning) loads only in processes that train
     from ple_search.data import Dataset
-    from ple_search.study.search import Reporter
     from ple_search.train.engine import EpochHook, TrialSettings
     from ple_search.train.module import PLEModule
 
 SURPLUS = "surplus: other workers reached the target first"
+
+
+class Reporter(Protocol):
+    """What the search loop tells its progress display."""
+
+    def epoch(self, epoch: int, max_epochs: int, best_epoch: int, metrics: dict[str, float]) -> None: ...
+
+    def trial_started(self, number: int) -> None: ...
+
+    def trial_done(self, study: optuna.Study) -> None: ...
 
 
 def completed_twin(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
@@ -155,7 +164,7 @@ def run_trial(trial: optuna.Trial, space: SearchSpace, dataset: Dataset, setting
         on_built=lambda module: _record_cost(trial, module, space, cost), run_name=f"trial-{trial.number}",
     )  # fmt: skip
     best = recorder.curve[recorder.best_epoch]
-    trial.set_user_attr(HPARAMS, module.config)
+    trial.set_user_attr(HPARAMS, module.resolved)
     trial.set_user_attr(VAL_CURVE, recorder.curve)
     trial.set_user_attr(VAL, best)
     trial.set_user_attr(BEST_EPOCH, recorder.best_epoch + 1)

@@ -153,14 +153,14 @@ def train_config(
     if on_built is not None:  # e.g. serving cost, measured before any epoch is spent
         on_built(module)
     recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
-    data = PLEDataModule(dataset, module.config["batch_size"], seed=seed)
+    data = PLEDataModule(dataset, module.resolved["batch_size"], seed=seed)
     start = time.perf_counter()
-    precision = module.config["precision"]
+    precision = module.resolved["precision"]
     if precision == "16-mixed" and not (settings.accelerator in ("gpu", "auto") and torch.cuda.is_available()):
         raise TrialFailed("precision 16-mixed needs a GPU; on CPU use bf16-mixed or 32")
     trainer = make_trainer(settings, [recorder], run_name, precision)
     if trainer.logger:
-        trainer.logger.log_hyperparams(module.config)
+        trainer.logger.log_hyperparams(module.resolved)
     trainer.fit(module, data)
     seconds = time.perf_counter() - start
     if recorder.best_state is None:

@@ -34,7 +34,8 @@ class PLEModule(pl.LightningModule):
         schema: features, vocabulary sizes and tasks (a ``Schema`` or its dict); regression tasks
             carry their label scaling (``Task.shift``, ``Task.scale``).
         hparams: any keys of ``PLEConfig`` (defaults and validation there), or a validated
-            ``PLEConfig``; parsed once here, stored resolved in ``self.config`` and in checkpoints.
+            ``PLEConfig``; parsed once here, stored resolved in ``self.resolved`` (a plain dict: what
+            trials store) and in checkpoints.
     """
 
     def __init__(self, schema: Mapping[str, Any] | Schema, hparams: Mapping[str, Any] | PLEConfig | None = None) -> None:
@@ -44,7 +45,7 @@ class PLEModule(pl.LightningModule):
         resolved = config.to_dict()
         self.save_hyperparameters({"schema": schema.to_dict(), "hparams": resolved})
         self.schema = schema
-        self.config = resolved
+        self.resolved = resolved
         numeric = None
         if config.numeric_encoding != "standard" and schema.numeric:
             if not schema.numeric_quantiles and config.numeric_encoding != "periodic":
@@ -131,9 +132,9 @@ class PLEModule(pl.LightningModule):
             )
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.config["optimizer"]]
+        optimizer = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.resolved["optimizer"]]
         weighting_ids = {id(p) for p in self.weighting.parameters()}
         groups = [{"params": [p for p in self.parameters() if id(p) not in weighting_ids]}]
         if weighting_ids:
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
-        return optimizer(groups, lr=self.config["lr"], weight_decay=self.config["weight_decay"])
+        return optimizer(groups, lr=self.resolved["lr"], weight_decay=self.resolved["weight_decay"])
