@@ -14,8 +14,9 @@ Study user attributes:
 * ``gbdt`` (``GBDT_KEY``), by ``baselines``: per task, the gradient-boosted trees yardstick's
   chosen config and its test mean and std over seeds (``gbdt.py``).
 
-Trial user attributes: the names in ``TRIAL_KEYS`` below, written by the training engine
-(``objective.run_trial``), the search loop (``search``) and the pruner (``pruning``).
+Trial user attributes: the constants below the study keys, written by one trial
+(``study.trial``), the search loop (``study.search``), the workers (``study.parallel``) and the
+pruner (``study.pruning``).
 """
 
 from __future__ import annotations
@@ -52,10 +53,6 @@ RETRY_OF = "retry_of"  # the failed trial whose config this one retries
 DUPLICATE_OF = "duplicate_of"  # the COMPLETE trial whose result this one took over
 COST = "cost"  # serving cost measured before training: params, flops, latency_ms, latency_spread_ms
 OVER_BUDGET = "over_budget"  # why a config over the space's serving limits was never trained (stored name kept)
-TRIAL_KEYS = (
-    HPARAMS, VAL_CURVE, VAL, TEST, BEST_EPOCH, EPOCHS_RUN, N_PARAMS, TRAIN_SECONDS, RUNGS, PRUNED_AT,
-    FAIL_REASON, WORKER, DEVICE, RETRY_OF, DUPLICATE_OF, COST, OVER_BUDGET,
-)  # fmt: skip
 
 
 def directions_of(study: optuna.Study) -> list[str]:
