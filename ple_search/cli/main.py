@@ -14,7 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, NoReturn, Sequence
 
-from rich.console import Console
+# OpenMP threads that spin while waiting turn a busy neighbour process into a 20x slowdown of small
+# models (issue 23); waiting passively costs them nothing. Read when torch loads, so set first.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from rich.console import Console  # noqa: E402
 
 from ple_search.core.errors import Interrupted, PLESearchError, StorageError
 from ple_search.study.storage import DEFAULT_STORAGE, mask_url
@@ -141,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-epochs", type=COUNT, help="override the space's per-trial epoch budget")
     run.add_argument("--patience", type=COUNT, help="override the space's early-stopping patience")
     _accelerator_arg(run)
-    run.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    run.add_argument("--threads", type=COUNT, help="torch threads per trial (default: one, more where a measured training step shows they pay)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
     run.add_argument("--jobs", type=COUNT, default=1, help="worker processes on this machine sharing the study")
     run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
@@ -246,17 +250,19 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     import torch
 
     from ple_search.cli.progress import LiveReporter, LogReporter
-    from ple_search.study.run import open_run, run_header
+    from ple_search.study.run import choose_threads, open_run, run_header
     from ple_search.study.search import run_search
     from ple_search.train.engine import TrialSettings
 
     tracker = _tracker(request, request.study)  # checked before any study is created
     opened = open_run(request, _notice)
     study = opened.study
+    threads = request.threads
     if request.worker is None:
-        for line in run_header(request, opened):
+        threads, why = choose_threads(request, opened)
+        for line in [*run_header(request, opened), why]:
             err.print(line)
-    torch.set_num_threads(request.threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or 1)
     settings = TrialSettings.from_budget(
         opened.objectives, request.epoch_budget(opened.space), seed=opened.seed, accelerator=request.accelerator,
         tensorboard=request.tensorboard, experiment=request.study,
@@ -311,8 +317,7 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
         err.print(line)
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
     study = load_study(request.study, storage)
-    threads = request.threads or max(1, (os.cpu_count() or 1) // request.jobs)
-    workers = [request.for_worker(i, threads) for i in range(request.jobs)]
+    workers = [request.for_worker(i, prepared["threads"]) for i in range(request.jobs)]
     reporter = WorkersReporter(study, request.trials, err, request.jobs, echo=request.quiet)
     with reporter:
         errors, interrupted = run_workers(

@@ -7,6 +7,7 @@ so that the parent never loads torch or Lightning.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -103,16 +104,42 @@ def run_header(request: RunRequest, opened: OpenRun) -> list[str]:
     return [f"study {request.study} in {mask_url(request.storage)}; space {space.path}; data: {dataset.info.get('split')}", data]
 
 
+def choose_threads(request: RunRequest, opened: OpenRun, cores: int | None = None) -> tuple[int, str]:
+    """Torch threads per trial, and the header line that says why: ``--threads`` if given; else
+    one per trial when the cores are shared out among ``--jobs`` (or a GPU trains), and more only
+    where a training step of the space's largest model, measured here, shows they pay
+    (``train.engine.pick_threads``)."""
+    jobs = request.jobs
+    if request.threads:
+        return request.threads, f"threads: {request.threads} per trial x {jobs} jobs (--threads)"
+    available = max(1, (cores or os.cpu_count() or 1) // jobs)
+    if request.accelerator == "gpu" or available == 1:
+        why = "GPU trials" if request.accelerator == "gpu" else f"{cores or os.cpu_count() or 1} cores shared by {jobs} jobs"
+        threads = available if request.accelerator == "gpu" else 1
+    else:
+        from ple_search.core.errors import ConfigError
+        from ple_search.train.engine import pick_threads
+        from ple_search.train.module import PLEModule
+
+        try:
+            module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=True))
+        except ConfigError:  # the largest corner builds no model: measure the smallest
+            module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=False))
+        threads, why = pick_threads(module, opened.dataset.train, available)
+    return threads, f"threads: {threads} per trial x {jobs} jobs ({why}; --threads N overrides)"
+
+
 def prepare_run(request: RunRequest) -> dict[str, Any]:
     """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
-    (``parallel.call_forked``): the study created or checked, the lines to print and the GPUs
-    the workers may use. Returns ``{"lines": [...], "gpus": [...]}``."""
+    (``parallel.call_forked``): the study created or checked, the lines to print, each worker's
+    threads and the GPUs the workers may use. Returns ``{"lines", "threads", "gpus"}``."""
     lines: list[str] = []
     opened = open_run(request, lines.append)
+    threads, why = choose_threads(request, opened)
     gpus: list[str] = []
     if request.accelerator in ("gpu", "auto") and not request.devices:
         import torch
 
         if torch.cuda.is_available():
             gpus = [str(i) for i in range(torch.cuda.device_count())]
-    return {"lines": [*lines, *run_header(request, opened)], "gpus": gpus}
+    return {"lines": [*lines, *run_header(request, opened), why], "threads": threads, "gpus": gpus}

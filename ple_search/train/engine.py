@@ -193,3 +193,42 @@ def train_on_seeds(
     for seed in seeds:
         module, recorder, seconds = train_config(hparams, dataset, settings, seed, hook=hook(seed) if hook else None, run_name=f"seed-{seed}")
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
+
+
+def step_seconds(module: PLEModule, split: Split, threads: int, *, steps: int = 6, warmup: int = 2) -> float:
+    """Median seconds of one training step (forward, backward, optimiser) of ``module`` on a batch
+    of ``split`` at its batch size, on ``threads`` torch threads; the weights are restored after."""
+    state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+    optimizer = module.configure_optimizers()
+    cat, num, labels = next(iter(TensorBatches(split, module.resolved["batch_size"])))
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    module.train()
+    try:
+        times = []
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            optimizer.zero_grad()
+            module.task_losses(module(cat, num), labels).sum().backward()
+            optimizer.step()
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous)
+        module.load_state_dict(state)
+    return sorted(times)[len(times) // 2]
+
+
+def pick_threads(module: PLEModule, split: Split, available: int, *, gain: float = 1.25) -> tuple[int, str]:
+    """Torch threads per trial for models like ``module``: more than one only where a measured
+    training step shows they pay (at least ``gain`` x faster on ``available`` threads than on
+    one). Small multi-task models gain little from intra-op threads and lose much when another
+    process holds a core, so one thread is the default answer. Returns (threads, why)."""
+    if available <= 1:
+        return 1, "one core per trial"
+    one = step_seconds(module, split, 1)
+    many = step_seconds(module, split, available)
+    speedup = one / many
+    if speedup >= gain:
+        return available, f"{available} threads ran the largest model's training step {speedup:.2f}x as fast as one"
+    return 1, f"{available} threads ran the largest model's training step only {speedup:.2f}x as fast as one"
