@@ -2,7 +2,7 @@
 neighbour process that burns one core (as on a laptop or shared server), for the quick start's
 synthetic study and a census study. Every arm is a real ``ple-search run`` with a fresh storage.
 
-    python bench/threads.py [--synthetic-trials 8] [--census-trials 4] [--data-dir ../shared/data/census-income-kdd]
+    python bench/threads.py [--synthetic-trials 20] [--census-trials 12] [--data-dir ../shared/data/census-income-kdd]
 
 Arms: the default (threads chosen by ple-search, OpenMP waiting passively), ``--threads 1``,
 ``--threads 2``, and ``--threads 2`` with ``OMP_WAIT_POLICY=ACTIVE`` (what the default was before:
@@ -50,8 +50,8 @@ def burner() -> subprocess.Popen:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synthetic-trials", type=int, default=8)
-    parser.add_argument("--census-trials", type=int, default=4)
+    parser.add_argument("--synthetic-trials", type=int, default=20)  # the quick start's own count
+    parser.add_argument("--census-trials", type=int, default=12)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/census-income-kdd"))
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ple-bench-threads-"))

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ple_search.study.record import FAIL_REASON, PRUNED_AT, TRAIN_SECONDS, count_finished
+from ple_search.study.record import FAIL_REASON, OVER_BUDGET, PRUNED_AT, TRAIN_SECONDS, count_finished
 from ple_search.evaluate.report import front_summary
 
 
@@ -76,7 +76,8 @@ class LogReporter(_Base):
             values = " ".join(f"{k}={v:.4f}" for k, v in zip(self.summary["best"], trial.values))
             outcome = f"{values} in {trial.user_attrs.get(TRAIN_SECONDS, 0):.1f}s"
         elif trial.state == optuna.trial.TrialState.PRUNED:
-            outcome = f"PRUNED after {trial.user_attrs.get(PRUNED_AT)} epochs"
+            over = trial.user_attrs.get(OVER_BUDGET)
+            outcome = f"PRUNED before training, {over}" if over else f"PRUNED after {trial.user_attrs.get(PRUNED_AT)} epochs"
         else:
             outcome = f"{trial.state.name}: {trial.user_attrs.get(FAIL_REASON, '')}"
         self.console.print(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -72,3 +74,28 @@ def fsync_tree(folder: Path) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts, lists, tuples) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any, **options: Any) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity, which strict parsers refuse): undefined numbers
+    are ``null``. Every JSON file and report ple-search writes goes through here."""
+    return json.dumps(finite(value), allow_nan=False, **options)
+
+
+def follow_umask(folder: Path) -> None:
+    """Give a folder made by ``tempfile.mkdtemp`` (always 0700) the mode a plain ``mkdir`` would
+    give it, as its files follow the umask: a group that may read the files may open the folder."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(folder, 0o777 & ~mask)

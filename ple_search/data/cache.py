@@ -24,7 +24,8 @@ import numpy as np
 from ple_search.data.dataset import SPLITS, Dataset, Split
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
-from ple_search.core.files import fsync_path, fsync_tree
+from ple_search.core.errors import DataError
+from ple_search.core.files import follow_umask, fsync_path, fsync_tree, strict_json
 
 FORMAT = 2
 KINDS = ("cat", "num", "labels")
@@ -34,6 +35,8 @@ META = "meta.json"
 def cache_dir() -> Path:
     """``$PLE_SEARCH_CACHE``, else ``~/.cache/ple-search/preprocessed``."""
     env = os.environ.get("PLE_SEARCH_CACHE")
+    if env and Path(env).exists() and not Path(env).is_dir():
+        raise DataError(f"PLE_SEARCH_CACHE={env} is a file; name a folder for the preprocessed-data cache (it is created if missing)")
     return Path(env) if env else Path.home() / ".cache" / "ple-search" / "preprocessed"
 
 
@@ -57,8 +60,8 @@ def save(path: Path, dataset: Dataset) -> None:
                 np.save(tmp / f"{name}_{kind}.npy", array, allow_pickle=False)
                 shapes[f"{name}_{kind}"] = [list(array.shape), array.dtype.str]
         meta = {"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict(), "info": dataset.info, "arrays": shapes}
-        (tmp / META).write_text(json.dumps(meta))
-        os.chmod(tmp, 0o755)
+        (tmp / META).write_text(strict_json(meta))
+        follow_umask(tmp)
         fsync_tree(tmp)
         if path.exists():
             if load(path) is not None:

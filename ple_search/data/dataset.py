@@ -76,8 +76,10 @@ class Dataset:
         return Dataset(schema, *splits, self.preprocessor, dict(self.info))
 
     def check_labels(self, where: str) -> None:
-        """Every task needs labels in every split, and a binary task both classes (AUC is undefined
-        otherwise); raise a ``DataError`` naming ``where``, the task and the split."""
+        """Every task needs labels in every split, a binary task both classes (AUC is undefined
+        otherwise) and a regression task more than one value in train (a constant has nothing to
+        learn and an RMSE reference of 0, so no trial could rank); raise a ``DataError`` naming
+        ``where``, the task and the split."""
         for name in SPLITS:
             labels = self.split(name).labels
             for k, task in enumerate(self.schema.tasks):
@@ -88,6 +90,11 @@ class Dataset:
                     raise DataError(
                         f"{where}: task '{task.name}' has only one class ({float(known[0]):g}) in the "
                         f"{name} split, so its AUC is undefined; use more data or another split"
+                    )
+                if not task.kind.probability and name == "train" and bool((known == known[0]).all()):
+                    raise DataError(
+                        f"{where}: regression task '{task.name}' is constant ({float(known[0]):g}) in the train split: "
+                        "there is nothing to learn and no trial could beat predicting it; drop the task or fix its column"
                     )
 
 

@@ -55,6 +55,13 @@ def read_spec(path: Path) -> dict[str, Any]:
             raise DataError(f"{path}: '{key}' must be a list of column names")
     if not spec["categorical"] and not spec["numeric"]:
         raise DataError(f"{path}: no features: list columns under 'categorical' and/or 'numeric'")
+    for key in ("categorical", "numeric"):
+        twice = sorted({c for c in spec[key] if spec[key].count(c) > 1})
+        if twice:
+            raise DataError(f"{path}: column '{twice[0]}' is listed twice under '{key}'")
+    both = sorted(set(spec["categorical"]) & set(spec["numeric"]))
+    if both:
+        raise DataError(f"{path}: column '{both[0]}' is listed under both 'categorical' and 'numeric'; keep it under one")
     stray = [c for c in spec["log1p"] if c not in spec["numeric"]]
     if stray:
         raise DataError(f"{path}: log1p column '{stray[0]}' is not listed under 'numeric'")

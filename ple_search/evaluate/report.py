@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import warnings
 from typing import Any
@@ -18,6 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ple_search.serve.cost import MEASURES, Limits
 from ple_search.core.errors import ConfigError, StorageError
+from ple_search.core.files import strict_json
 from ple_search.data.schema import DIRECTIONS
 from ple_search.model.architectures import describe
 from ple_search.study.pareto import hypervolume, nondominated_ranks
@@ -224,7 +224,7 @@ def summary_line(data: dict[str, Any]) -> str:
 def render(data: dict[str, Any], fmt: str) -> str:
     """``json`` (the stable shape), ``csv`` or ``markdown``; ``table`` is rendered by the CLI with rich."""
     if fmt == "json":
-        return json.dumps(data, indent=2, default=str)
+        return strict_json(data, indent=2, default=str)
     header, cells = table_rows(data)
     if fmt == "csv":
         out = io.StringIO()
@@ -257,7 +257,16 @@ def plot_axes(study: optuna.Study, path: str | None, axes_names: tuple[str | Non
         raise ConfigError(f"--x/--y {bad[0]!r}: use an objective or a serving cost: {', '.join(dict.fromkeys(allowed))}")
     if path.endswith(".html"):
         raise ConfigError("--x/--y draw PNG plots; name a .png file")
-    return [a if a in objectives else COST_AXES[a] for a in axes_names]
+    chosen = [a if a in objectives else COST_AXES[a] for a in axes_names]
+    measured = {key for t in finished_trials(study) for key in (t.user_attrs.get(COST) or {})}
+    missing = [a for a in chosen if a not in objectives and a not in measured]
+    if missing:
+        raise ConfigError(
+            f"--x/--y {missing[0]!r}: study '{study.study_name}' never measured it, so the plot would be empty; "
+            f"its trials measured {', '.join(sorted(measured)) or 'no serving cost'} (latency is measured where a space has "
+            "'serving:' or optimises or limits latency)"
+        )
+    return chosen
 
 
 def plot(study: optuna.Study, path: str, axes_names: tuple[str, str] | None = None) -> None:

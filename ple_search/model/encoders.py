@@ -31,7 +31,11 @@ class NumericEncoder(nn.Module):
             edges = torch.tensor([list(q[::step]) for q in quantiles], dtype=torch.float32) if f else torch.zeros(0, bins + 1)
             self.register_buffer("inner", edges[:, 1:-1].contiguous())  # [F, bins-1]
             self.register_buffer("low", edges[:, :-1].contiguous())  # [F, bins]
-            self.register_buffer("width", (edges[:, 1:] - edges[:, :-1]).clamp_min(1e-6).contiguous())  # [F, bins]
+            # A bin of zero width (a column constant, or empty, in the train split: all its edges
+            # equal) gets width 1: positions stay on the scale of the standardised values instead
+            # of being divided by ~0 for every value the train split never had.
+            width = edges[:, 1:] - edges[:, :-1]
+            self.register_buffer("width", torch.where(width > 1e-6, width, torch.ones_like(width)).contiguous())  # [F, bins]
             self.bins = bins
         if kind == "quantile":
             self.register_buffer("offsets", torch.arange(f) * bins, persistent=False)

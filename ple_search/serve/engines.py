@@ -107,11 +107,6 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
                 return graph(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
 
         return _typed(run_script)
-    if onnx_path is None:
-        import tempfile
-
-        onnx_path = Path(tempfile.mkdtemp(prefix="ple-search-onnx-")) / "model.onnx"
-        export_onnx(module, onnx_path, example_inputs(module, 2))
     if not onnx_available():
         raise ConfigError("the onnx engine needs the serve extra: pip install 'ple-search[serve]'")
     import onnxruntime
@@ -120,7 +115,18 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    if onnx_path is not None:
+        session = onnxruntime.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    else:  # a fresh export, read into the session and removed: nothing is left in the temp folder
+        import shutil
+        import tempfile
+
+        folder = Path(tempfile.mkdtemp(prefix="ple-search-onnx-"))
+        try:
+            export_onnx(module, folder / "model.onnx", example_inputs(module, 2))
+            session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
 
     def run_onnx(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
         return session.run(None, {"cat": cat, "num": num})[0]

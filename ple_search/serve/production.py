@@ -10,13 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,9 @@ import torch
 from ple_search.data import Dataset
 from ple_search.data.preprocess import Preprocessor
 from ple_search.data.schema import Schema
-from ple_search.core.errors import ConfigError, DataError
+from ple_search.core.errors import ConfigError, DataError, PLESearchError
 from ple_search.serve.exported import write_config
-from ple_search.core.files import fsync_path, fsync_tree
+from ple_search.core.files import follow_umask, fsync_path, fsync_tree, strict_json
 from ple_search.train.module import PLEModule
 from ple_search.train.metrics import summarize
 from ple_search.serve.engines import Engine, engine, export_onnx, onnx_available, torchscript
@@ -86,6 +87,7 @@ def train(
     settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study}-train")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
+    follow_umask(work)
     try:
         runs, best = {}, None
         for run in train_on_seeds(config["hparams"], dataset, settings, range(seeds), hook=hook):
@@ -109,8 +111,8 @@ def train(
             "best_seed": best.seed,
             "checkpoint": f"seed-{best.seed}/best.ckpt",
         }
-        (work / METRICS).write_text(json.dumps(metrics, indent=2))
-        (work / PREPROCESSOR).write_text(json.dumps({"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict()}))
+        (work / METRICS).write_text(strict_json(metrics, indent=2))
+        (work / PREPROCESSOR).write_text(strict_json({"schema": dataset.schema.to_dict(), "preprocessor": dataset.preprocessor.to_dict()}))
         write_config({**config, "training": training}, work / CONFIG)
         fsync_tree(work)
         os.replace(work, out_dir)
@@ -124,16 +126,45 @@ def train(
 def load_trained(out_dir: str | Path) -> tuple[PLEModule, Preprocessor]:
     """The best seed's module (``weights_only`` loading) and the fitted preprocessing."""
     out_dir = Path(out_dir)
-    try:
-        metrics = json.loads((out_dir / METRICS).read_text())
-        saved = json.loads((out_dir / PREPROCESSOR).read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"{out_dir}: not a `ple-search train` output folder ({exc})") from None
-    module = PLEModule.load_from_checkpoint(out_dir / metrics["checkpoint"], map_location="cpu", weights_only=True)
+    if not out_dir.is_dir():
+        raise ConfigError(f"--model {out_dir}: no such folder; name a folder written by `ple-search train`")
+    metrics = _read_json(out_dir, METRICS)
+    saved = _read_json(out_dir, PREPROCESSOR)
+    checkpoint = metrics.get("checkpoint") if isinstance(metrics, dict) else None
+    if not isinstance(checkpoint, str) or not isinstance(saved, dict) or not {"schema", "preprocessor"} <= set(saved):
+        raise ConfigError(f"{out_dir}: {METRICS} or {PREPROCESSOR} is not what `ple-search train` writes; {RETRAIN}")
+    with _damaged(out_dir / checkpoint, "checkpoint"):
+        module = PLEModule.load_from_checkpoint(out_dir / checkpoint, map_location="cpu", weights_only=True)
     module.eval()
-    if Schema.from_dict(saved["schema"]) != module.schema:
-        raise ConfigError(f"{out_dir}: {PREPROCESSOR} does not match the checkpoint's schema")
-    return module, Preprocessor.from_dict(saved["preprocessor"])
+    with _damaged(out_dir / PREPROCESSOR, "preprocessor file"):
+        schema, preprocessor = Schema.from_dict(saved["schema"]), Preprocessor.from_dict(saved["preprocessor"])
+    if schema != module.schema:
+        raise ConfigError(f"{out_dir}: {PREPROCESSOR} does not match the checkpoint's schema; {RETRAIN}")
+    return module, preprocessor
+
+
+RETRAIN = "retrain with `ple-search train --config CONFIG`"
+
+
+def _read_json(out_dir: Path, name: str) -> Any:
+    path = out_dir / name
+    if not path.is_file():
+        raise ConfigError(f"{out_dir}: no {name}; not a `ple-search train` output folder")
+    with _damaged(path, "file"):
+        return json.loads(path.read_text())
+
+
+@contextlib.contextmanager
+def _damaged(path: Path, what: str, advice: str = RETRAIN) -> Iterator[None]:
+    """Whatever the reader of a model file raises (a cut zip archive, a bad protobuf, bad JSON,
+    an I/O error) becomes one line naming the file and what to do."""
+    try:
+        yield
+    except PLESearchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every library's own error for a damaged file
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        raise ConfigError(f"{path}: damaged or not a ple-search {what} ({type(exc).__name__}: {reason}); {advice}") from None
 
 
 def load_engine(out_dir: str | Path, name: str, module: PLEModule) -> Engine:
@@ -141,13 +172,17 @@ def load_engine(out_dir: str | Path, name: str, module: PLEModule) -> Engine:
     (``model.pt``), ``onnx`` (``model.onnx``, written when the serve extra was installed) or
     ``eager`` (the checkpoint's module)."""
     out_dir = Path(out_dir)
+    other = "or use --engine eager (the checkpoint)"
     if name == "torchscript":
-        with warnings.catch_warnings():
+        if not (out_dir / SCRIPTED).is_file():
+            raise ConfigError(f"{out_dir}: no {SCRIPTED}; {RETRAIN}, {other}")
+        with warnings.catch_warnings(), _damaged(out_dir / SCRIPTED, "TorchScript model", f"{RETRAIN}, {other}"):
             warnings.simplefilter("ignore", DeprecationWarning)
             return engine(name, module, scripted=torch.jit.load(str(out_dir / SCRIPTED), map_location="cpu"))
     if name == "onnx" and not (out_dir / ONNX).is_file():
         raise ConfigError(f"{out_dir}: no {ONNX}; it is written by `ple-search train` when the serve extra is installed (pip install 'ple-search[serve]')")
-    return engine(name, module, onnx_path=out_dir / ONNX if name == "onnx" else None)
+    with _damaged(out_dir / ONNX, "ONNX model", f"{RETRAIN}, {other}"):
+        return engine(name, module, onnx_path=out_dir / ONNX if name == "onnx" else None)
 
 
 @torch.no_grad()

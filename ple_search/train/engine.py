@@ -195,7 +195,7 @@ def train_on_seeds(
         yield SeedRun(seed, module, recorder, seconds, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test))
 
 
-def step_seconds(module: PLEModule, split: Split, threads: int, *, steps: int = 6, warmup: int = 2) -> float:
+def step_seconds(module: PLEModule, split: Split, threads: int, *, steps: int = 3, warmup: int = 1) -> float:
     """Median seconds of one training step (forward, backward, optimiser) of ``module`` on a batch
     of ``split`` at its batch size, on ``threads`` torch threads; the weights are restored after."""
     state = {k: v.detach().clone() for k, v in module.state_dict().items()}

@@ -1,0 +1,172 @@
+"""The newest features meet bad input and damaged files: one line naming the file, flag or key and
+what to do, exit code 2, no traceback, nothing half-written; real cut files and real services."""
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from helpers import tiny_space, user_table
+from ple_search.cli.main import main
+
+
+def one_line(capsys, *needles):
+    """The command's stderr is one line holding every needle, and no traceback."""
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    lines = [line for line in err.strip().splitlines() if line]
+    assert len(lines) == 1, err
+    for needle in needles:
+        assert needle in lines[0], err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A `ple-search train` folder of a tiny user table, and raw rows to predict."""
+    folder = tmp_path_factory.mktemp("trained")
+    spec = user_table(folder)
+    space = {
+        "dataset": {"name": str(spec)}, "sampler": {"name": "random", "seed": 1}, "budget": {"max_epochs": 1, "patience": 1},
+        "fixed": {"batch_size": 64, "expert_hidden": [8], "tower_hidden": [4], "levels": 1},
+    }  # fmt: skip
+    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = str(folder / "s.journal")
+    assert main(["run", "--study", "shop", "--space", str(folder / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    assert main(["export", "--study", "shop", "--storage", storage, "--trial", "0", "--out", str(folder / "best.yaml")]) == 0
+    assert main(["train", "--config", str(folder / "best.yaml"), "--seeds", "1", "--out", str(folder / "model")]) == 0
+    raw = pd.read_csv(folder / "events.csv", dtype=str, keep_default_na=False)
+    raw[raw.split == "test"].drop(columns=["click", "buy", "split"]).head(20).to_csv(folder / "rows.csv", index=False)
+    return folder
+
+
+def cut(path, keep=0.5):
+    """A real torn file: its first ``keep`` share of bytes."""
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("damaged, engine, needle", [
+    ("model.onnx", "onnx", "ONNX model"),
+    ("model.pt", "torchscript", "TorchScript model"),
+    ("seed-0/best.ckpt", "eager", "checkpoint"),
+    ("metrics.json", "torchscript", "metrics.json"),
+    ("preprocessor.json", "torchscript", "preprocessor.json"),
+])  # fmt: skip
+def test_predict_on_a_model_folder_with_a_cut_file_is_one_line_naming_it(trained, tmp_path, capsys, damaged, engine, needle):
+    model = tmp_path / "model"
+    shutil.copytree(trained / "model", model)
+    cut(model / damaged)
+    capsys.readouterr()
+    code = main(["predict", "--model", str(model), "--input", str(trained / "rows.csv"), "--engine", engine])
+    assert code == 2
+    line = one_line(capsys, needle, damaged.split("/")[-1])
+    assert "retrain" in line or "not a `ple-search train`" in line
+
+
+def test_predict_on_a_missing_model_folder_is_one_line(tmp_path, capsys):
+    assert main(["predict", "--model", str(tmp_path / "nowhere"), "--input", str(tmp_path / "rows.csv")]) == 2
+    one_line(capsys, "--model", "no such folder")
+
+
+def degenerate_table(folder, n=600, seed=0):
+    """A regression table whose column ``const`` is constant and ``empty`` blank in the train split
+    (both vary in validation and test), beside one informative column."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    split = np.where(np.arange(n) < n * 0.6, "train", np.where(np.arange(n) < n * 0.8, "val", "test"))
+    x = rng.normal(0, 1, n)
+    frame = pd.DataFrame({
+        "x": x, "const": np.where(split == "train", 5.0, rng.normal(50, 30, n)),
+        "empty": np.where(split == "train", np.nan, rng.normal(-40, 20, n)),
+        "spend": 100 + 13 * x + rng.normal(0, 3, n), "split": split,
+    })  # fmt: skip
+    frame.to_csv(folder / "t.csv", index=False)
+    (folder / "t.yaml").write_text("file: t.csv\nnumeric: [x, const, empty]\ntasks:\n  - {name: spend, type: regression}\nsplit: {column: split}\n")
+    return folder / "t.yaml", float(frame.spend[split == "val"].std())
+
+
+@pytest.mark.parametrize("encoding", ["quantile", "piecewise", "periodic", "standard"])
+def test_columns_empty_or_constant_in_train_keep_every_encoding_sane(tmp_path, encoding):
+    from ple_search.data import load
+    from ple_search.train.engine import TrialSettings, train_config
+
+    spec, spread = degenerate_table(tmp_path)
+    dataset = load(str(spec), use_cache=False)
+    settings = TrialSettings(list(dataset.schema.tasks), max_epochs=4, patience=4)
+    hparams = {"numeric_encoding": encoding, "numeric_bins": 8, "lr": 0.01, "batch_size": 64, "levels": 1}
+    _, recorder, _ = train_config(hparams, dataset, settings, seed=0)
+    rmse = recorder.curve[recorder.best_epoch]["spend"]
+    assert math.isfinite(rmse) and rmse < 1.5 * spread, (encoding, rmse, spread)  # predicting the mean gives ~spread
+
+
+def test_a_constant_regression_label_is_refused_before_any_trial_naming_the_task(tmp_path, capsys):
+    spec, _ = degenerate_table(tmp_path)
+    frame = pd.read_csv(tmp_path / "t.csv")
+    frame["spend"] = 7.0
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**tiny_space(), "dataset": {"name": str(spec)}}))
+    storage = tmp_path / "s.journal"
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "1", "--storage", str(storage), "--quiet"]) == 2
+    one_line(capsys, "regression task 'spend' is constant (7) in the train split")
+    assert not storage.exists() or not __import__("optuna").get_all_study_names(__import__("ple_search.study.storage", fromlist=["x"]).open_storage(str(storage)))
+
+
+def test_pareto_json_is_strict_json_even_for_trials_without_metrics(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space(objectives=["y1", "y2", {"cost": "params"}], limits={"params": 1500},
+                                               params={"expert_hidden": {"type": "categorical", "choices": [[4], [64]]}},
+                                               enqueue=[{"expert_hidden": [64]}, {"expert_hidden": [4]}], fixed={"batch_size": 128, "levels": 1})))
+    storage = str(tmp_path / "s.journal")
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "2", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    err = capsys.readouterr().err
+    assert "PRUNED before training, over budget: params " in err and "None epochs" not in err
+    assert main(["pareto", "--study", "c", "--storage", storage, "--format", "json", "--all"]) == 0
+    text = capsys.readouterr().out
+    json.loads(text, parse_constant=lambda name: pytest.fail(f"{name} in strict JSON"))
+
+
+def test_a_plot_of_a_cost_the_study_never_measured_is_one_line(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space()))
+    storage = str(tmp_path / "s.journal")
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "c", "--storage", storage, "--plot", str(tmp_path / "p.png"), "--x", "latency", "--y", "y1"]) == 2
+    one_line(capsys, "'latency_ms'", "never measured it")
+    assert not (tmp_path / "p.png").exists()
+
+
+def test_a_column_under_both_categorical_and_numeric_is_one_line(tmp_path, capsys):
+    spec, _ = degenerate_table(tmp_path)
+    spec.write_text(spec.read_text().replace("numeric: [x, const, empty]", "categorical: [x]\nnumeric: [x, const]"))
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**tiny_space(), "dataset": {"name": str(spec)}}))
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "1", "--storage", str(tmp_path / "s.journal")]) == 2
+    one_line(capsys, "column 'x' is listed under both 'categorical' and 'numeric'")
+
+
+def test_a_cache_variable_naming_a_file_is_one_line(tmp_path, capsys, monkeypatch):
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("PLE_SEARCH_CACHE", str(tmp_path / "file"))
+    spec, _ = degenerate_table(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**tiny_space(), "dataset": {"name": str(spec)}}))
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "1", "--storage", str(tmp_path / "s.journal")]) == 2
+    one_line(capsys, "PLE_SEARCH_CACHE=", "is a file; name a folder")
+
+
+def test_model_folders_follow_the_umask_like_their_files(trained):
+    import stat
+
+    folder = trained / "model"
+    mask = __import__("os").umask(0)
+    __import__("os").umask(mask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((folder / "seed-0").stat().st_mode) == 0o777 & ~mask
