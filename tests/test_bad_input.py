@@ -170,3 +170,139 @@ def test_model_folders_follow_the_umask_like_their_files(trained):
     __import__("os").umask(mask)
     assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~mask
     assert stat.S_IMODE((folder / "seed-0").stat().st_mode) == 0o777 & ~mask
+
+
+# --- settings that would fail every trial, and places and services, checked before the first trial ---
+
+
+def run_tiny(tmp_path, *extra, space=None, study="c"):
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space or tiny_space()))
+    storage = tmp_path / "s.journal"
+    code = main(["run", "--study", study, "--space", str(path), "--trials", "1", "--storage", str(storage), "--quiet", "--threads", "1", *extra])
+    return code, storage
+
+
+def nothing_left(storage):
+    assert not storage.exists(), "a refused run left its storage file behind"
+
+
+def test_tensorboard_naming_a_file_is_one_line_before_any_study(tmp_path, capsys):
+    (tmp_path / "tb").write_text("a file")
+    code, storage = run_tiny(tmp_path, "--tensorboard", str(tmp_path / "tb"))
+    assert code == 2
+    one_line(capsys, "--tensorboard", "is a file; name a folder")
+    nothing_left(storage)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a GPU")
+def test_accelerator_gpu_without_a_gpu_is_one_line_before_any_study(tmp_path, capsys):
+    code, storage = run_tiny(tmp_path, "--accelerator", "gpu")
+    assert code == 2
+    one_line(capsys, "--accelerator gpu: no CUDA GPU is visible")
+    nothing_left(storage)
+
+
+def test_a_serving_batch_no_machine_can_measure_is_one_line(tmp_path, capsys):
+    code, storage = run_tiny(tmp_path, space=tiny_space(serving={"batch_size": 10**12}))
+    assert code == 2
+    one_line(capsys, "key 'serving.batch_size': must be an integer from 1 to 1,000,000")
+    nothing_left(storage)
+
+
+def test_limits_no_model_meets_leave_no_study_and_no_file(tmp_path, capsys):
+    code, storage = run_tiny(tmp_path, space=tiny_space(limits={"params": 10}))
+    assert code == 2
+    one_line(capsys, "no config of the space can meet it")
+    nothing_left(storage)
+
+
+def test_a_missing_data_dir_is_one_line(tmp_path, capsys):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**tiny_space(), "dataset": {"name": "census"}}))
+    assert main(["run", "--study", "c", "--space", str(space), "--trials", "1", "--storage", str(tmp_path / "s.journal"), "--data-dir", str(tmp_path / "nope")]) == 2
+    one_line(capsys, "--data-dir", "no such folder")
+
+
+def test_mlflow_naming_a_folder_is_one_line_naming_the_flag_within_seconds(tmp_path, capsys):
+    import time
+
+    (tmp_path / "store").mkdir()
+    start = time.monotonic()
+    code, storage = run_tiny(tmp_path, "--mlflow", f"sqlite:///{tmp_path / 'store'}")
+    assert code == 2 and time.monotonic() - start < 10
+    one_line(capsys, "--mlflow", "is a folder")
+    nothing_left(storage)
+
+
+def test_mlflow_on_a_closed_port_is_one_line_within_seconds(tmp_path, capsys):
+    import socket
+    import time
+
+    with socket.socket() as probe:  # a real port, closed again: nothing listens there
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    start = time.monotonic()
+    code, storage = run_tiny(tmp_path, "--mlflow", f"http://127.0.0.1:{port}")
+    assert code == 2 and time.monotonic() - start < 10
+    one_line(capsys, f"--mlflow http://127.0.0.1:{port}: no MLflow server answers there")
+    nothing_left(storage)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("missing, extra, space, needle", [
+    (("onnx", "onnxruntime"), [], tiny_space(serving={"engine": "onnx", "repeats": 2}), "key 'serving': the onnx engine needs the serve extra: pip install 'ple-search[serve]'"),
+    (("tensorboard", "tensorboardX"), ["--tensorboard", "tb"], tiny_space(), "--tensorboard needs the track extra: pip install 'ple-search[track]'"),
+])  # fmt: skip
+def test_an_extra_that_is_not_installed_is_one_line_naming_its_pip_install(tmp_path, missing, extra, space, needle):
+    """In a fresh interpreter where the extra's packages cannot be imported (``sys.modules[name] =
+    None``: ``import`` raises ModuleNotFoundError and ``find_spec`` finds nothing, as for a user
+    who never installed the extra)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    probe = (
+        "import sys\n"
+        f"sys.modules.update(dict.fromkeys({missing!r}))\n"
+        "from ple_search.cli.main import main\n"
+        f"sys.exit(main(['run', '--study', 'c', '--space', 'space.yaml', '--trials', '1', '--storage', 's.journal', '--quiet', *{extra!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1 and needle in done.stderr, done.stderr
+    assert not (tmp_path / "s.journal").exists()
+
+
+@pytest.mark.slow
+def test_latency_on_the_onnx_engine_leaves_nothing_in_the_temp_folder(tmp_path, monkeypatch):
+    import tempfile
+
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", None)  # tempfile reads TMPDIR again
+    code, _ = run_tiny(tmp_path, space=tiny_space(serving={"engine": "onnx", "repeats": 2, "warmup": 0}, objectives=["y1", "y2", {"cost": "latency"}]))
+    assert code == 0
+    assert [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("ple-search-onnx-")] == []
+
+
+def test_resume_refuses_changed_serving_settings_even_with_allow_space_change(tmp_path, capsys):
+    space = tiny_space(serving={"batch_size": 64, "repeats": 2, "warmup": 0}, objectives=["y1", "y2", {"cost": "latency"}])
+    code, storage = run_tiny(tmp_path, space=space)
+    assert code == 0
+    space["serving"]["batch_size"] = 512
+    capsys.readouterr()
+    code, _ = run_tiny(tmp_path, "--allow-space-change", space=space)
+    assert code == 2
+    one_line(capsys, "cannot continue: serving {'batch_size': 64", "latencies measured differently", "pick another --study name")
+
+
+def test_resume_with_changed_limits_needs_allow_space_change_and_records_it(tmp_path, capsys):
+    space = tiny_space(limits={"params": 100000})
+    assert run_tiny(tmp_path, space=space)[0] == 0
+    space["limits"] = {"params": 50000}
+    capsys.readouterr()
+    assert run_tiny(tmp_path, space=space)[0] == 2
+    one_line(capsys, "limits.params 100000 -> 50000", "--allow-space-change")
+    assert run_tiny(tmp_path, "--allow-space-change", space=space)[0] == 0

@@ -74,6 +74,8 @@ def with_data_dir(described: dict[str, Any], data_dir: str | None) -> dict[str, 
         return described
     if described["name"] != "census":
         raise DataError(f"--data-dir applies to the census dataset, not {described['name']!r}")
+    if not Path(data_dir).expanduser().is_dir():
+        raise DataError(f"--data-dir {data_dir}: no such folder; name the folder holding census-income.data and census-income.test")
     return {**described, "options": {**(described.get("options") or {}), "data_dir": data_dir}}
 
 

@@ -128,7 +128,9 @@ def engine(name: str, module: PLEModule, *, scripted: torch.jit.ScriptModule | N
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
+    inputs = {i.name for i in session.get_inputs()}  # the exporter drops an input the graph never reads (no categorical columns)
+
     def run_onnx(cat: np.ndarray, num: np.ndarray) -> np.ndarray:
-        return session.run(None, {"cat": cat, "num": num})[0]
+        return session.run(None, {k: v for k, v in (("cat", cat), ("num", num)) if k in inputs})[0]
 
     return _typed(run_onnx)

@@ -13,6 +13,9 @@ from ple_search.core.errors import ConfigError
 
 ENGINES = ("torchscript", "onnx", "eager")  # serve.engines builds each; predict --engine takes these
 SERVING_KEYS = ("batch_size", "threads", "repeats", "warmup", "engine")
+# What a latency measurement can sensibly take: a serving batch beyond a million rows, or more than
+# a thousand timed runs, is a typo that would stall or exhaust memory at every trial.
+MAXIMA = {"batch_size": 1_000_000, "threads": 1024, "repeats": 1000, "warmup": 1000}
 
 
 @dataclass(frozen=True)
@@ -31,13 +34,10 @@ class Serving:
         unknown = sorted(set(raw) - set(SERVING_KEYS))
         if unknown:
             raise ConfigError(f"{where}: key 'serving.{unknown[0]}': unknown; allowed: {', '.join(SERVING_KEYS)}")
-        for key in ("batch_size", "threads", "repeats"):
+        for key, low in (("batch_size", 1), ("threads", 1), ("repeats", 1), ("warmup", 0)):
             value = raw.get(key, getattr(cls, key))
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"{where}: key 'serving.{key}': must be an integer >= 1, got {value!r}")
-        warmup = raw.get("warmup", cls.warmup)
-        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
-            raise ConfigError(f"{where}: key 'serving.warmup': must be an integer >= 0, got {warmup!r}")
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= MAXIMA[key]:
+                raise ConfigError(f"{where}: key 'serving.{key}': must be an integer from {low} to {MAXIMA[key]:,}, got {value!r}")
         if raw.get("engine", cls.engine) not in ENGINES:
             raise ConfigError(f"{where}: key 'serving.engine': must be one of {', '.join(ENGINES)}, got {raw.get('engine')!r}")
         return cls(**raw)

@@ -75,20 +75,79 @@ def open_run(request: RunRequest, notify: Notify) -> OpenRun:
     """Open the storage, read the space, load the data and create or resume the study, refusing a
     different dataset, space or objectives before any trial (``search.open_study``)."""
     from ple_search.study.search import load_run_space, load_space_dataset, objectives_of, open_study
-    from ple_search.study.storage import open_storage
+    from ple_search.study.storage import local_files, open_storage, remove_if_unused
 
+    created = local_files(request.storage)
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=notify)
-    space = load_run_space(request.study, storage, request.space)
-    if request.worker is None:
-        for note in space.notes:
-            notify(note)
-    dataset = load_space_dataset(space, request.data_dir)
-    seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
-    study = open_study(
-        request.study, storage, space, dataset, sampler=request.sampler, seed=seed,
-        allow_space_change=request.allow_space_change, notify=notify,
-    )  # fmt: skip
+    try:
+        space = load_run_space(request.study, storage, request.space)
+        if request.worker is None:
+            for note in space.notes:
+                notify(note)
+        dataset = load_space_dataset(space, request.data_dir)
+        preflight(request, space, dataset)
+        seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
+        study = open_study(
+            request.study, storage, space, dataset, sampler=request.sampler, seed=seed,
+            allow_space_change=request.allow_space_change, notify=notify,
+        )  # fmt: skip
+    except BaseException:
+        remove_if_unused(created, storage)  # a refused run leaves no storage file behind
+        raise
     return OpenRun(storage, space, dataset, study, seed, objectives_of(space, dataset))
+
+
+def preflight(request: RunRequest, space: "SearchSpace", dataset: "Dataset") -> None:
+    """Try once, before the study exists, every setting that would otherwise fail every trial:
+    the accelerator, a precision only a GPU runs, the TensorBoard folder and extra, and the serving
+    graph latency is measured on (its engine, extra and batch). Each is one ``ConfigError``
+    naming the flag or key; nothing is left in the storage."""
+    import importlib.util
+    from pathlib import Path
+
+    from ple_search.core.errors import ConfigError
+
+    if request.tensorboard:
+        folder = Path(request.tensorboard)
+        if folder.exists() and not folder.is_dir():
+            raise ConfigError(f"--tensorboard {folder}: is a file; name a folder for the TensorBoard logs")
+        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise ConfigError("--tensorboard needs the track extra: pip install 'ple-search[track]'")
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--tensorboard {folder}: cannot create the folder ({exc.strerror})") from None
+    gpu_only = space.possible("precision") == ["16-mixed"]
+    if request.accelerator == "gpu" or gpu_only:
+        import torch
+
+        if not torch.cuda.is_available():
+            what = "--accelerator gpu" if request.accelerator == "gpu" else f"{space.path}: key 'precision' = 16-mixed"
+            raise ConfigError(f"{what}: no CUDA GPU is visible on this machine; use --accelerator cpu (or auto), or precision 32 or bf16-mixed")
+    if "latency" in space.cost_measures():
+        _try_serving(space, dataset)
+
+
+def _try_serving(space: "SearchSpace", dataset: "Dataset") -> None:
+    """Measure one latency of the space's smallest model on its serving settings."""
+    import dataclasses as dc
+
+    from ple_search.core.errors import ConfigError
+    from ple_search.serve.cost import measure_costs
+    from ple_search.train.module import PLEModule
+
+    serving = space.serving_settings()
+    try:
+        module = PLEModule(dataset.schema, space.extreme_config(largest=False))
+    except ConfigError:
+        return  # the smallest corner is not a valid model: the trials will say so
+    try:
+        measure_costs(module, dc.replace(serving, repeats=1, warmup=0), ("latency",))
+    except ConfigError as exc:
+        raise ConfigError(f"{space.path}: key 'serving': {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory for the batch: no trial could measure it
+        reason = " ".join(str(exc).split())[:200]
+        raise ConfigError(f"{space.path}: key 'serving': latency cannot be measured with {serving} ({type(exc).__name__}: {reason})") from None
 
 
 def run_header(request: RunRequest, opened: OpenRun) -> list[str]:

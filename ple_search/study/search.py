@@ -74,6 +74,9 @@ def open_study(
     directions = [t.direction for t in tasks] + ["minimize"] * len(space.cost_objectives)
     if space.limits:
         check_limits_reachable(space, dataset)
+    reference = None
+    if name not in optuna.get_all_study_names(storage):  # a new study: whatever can fail, before it exists
+        reference = reference_point(dataset, [t.name for t in tasks]) + cost_reference(space, dataset)
     try:
         study = optuna.create_study(study_name=name, storage=storage, directions=directions)
         created = True
@@ -88,7 +91,7 @@ def open_study(
             f"this space optimises {names}: pick another --study name"
         )
     if meta is not None:
-        _check_same_search(name, study, meta, space, allow_space_change, notify)
+        _check_same_search(name, study, meta, space, dataset, allow_space_change, notify)
     stream = seed if created else joining_seed(seed, study)
     study.sampler = space.make_sampler(sampler, stream)
     if meta is None:
@@ -102,7 +105,7 @@ def open_study(
             "space_file": space.path,
             "objectives": names,
             "metrics": [t.metric for t in tasks] + space.cost_objectives,
-            "reference_point": reference_point(dataset, [t.name for t in tasks]) + cost_reference(space, dataset),
+            "reference_point": reference or reference_point(dataset, [t.name for t in tasks]) + cost_reference(space, dataset),
             "budget": space.budget,
         })  # fmt: skip
         for config in space.enqueue:
@@ -156,10 +159,12 @@ def dataset_identity(described: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def space_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[str]:
-    """Differences in the searched and fixed hyperparameters of two raw spaces, one phrase each."""
+    """Differences in the searched and fixed hyperparameters and the serving limits of two raw
+    spaces, one phrase each (what ``--allow-space-change`` may continue with: every stored value
+    keeps its meaning)."""
     changes = []
-    for section in ("params", "fixed"):
-        old, new = before.get(section) or {}, after.get(section) or {}
+    for section in ("params", "fixed", "limits"):
+        old, new = _section(before, section), _section(after, section)
         for key in sorted(set(old) | set(new)):
             if key not in new:
                 changes.append(f"{section}.{key} removed")
@@ -170,13 +175,45 @@ def space_changes(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[s
     return changes
 
 
+def _section(raw: Mapping[str, Any], section: str) -> dict[str, Any]:
+    if section == "limits":  # formerly `constraints:`
+        return dict(raw.get("limits") or raw.get("constraints") or {})
+    return dict(raw.get(section) or {})
+
+
+def incomparable_changes(meta: Mapping[str, Any], space: SearchSpace, dataset: Dataset) -> list[str]:
+    """What would give the new trials' values another meaning than the stored ones: another task
+    metric, serving settings for a study that measures latency, or data preprocessed differently
+    (vocabularies, numeric bin edges, label scaling). No flag continues through these."""
+    changes = []
+    tasks = objectives_of(space, dataset)
+    metrics = [t.metric for t in tasks] + space.cost_objectives
+    if meta.get("metrics") and meta["metrics"] != metrics:
+        changes.append(f"metrics {meta['metrics']} -> {metrics}")
+    old_serving, new_serving = meta["space"].get("serving"), space.raw.get("serving")
+    if old_serving != new_serving and "latency" in space.cost_measures():
+        changes.append(f"serving {old_serving!r} -> {new_serving!r} (latencies measured differently)")
+    stored = meta.get("schema")
+    if stored is not None and stored != dataset.schema.to_dict():
+        what = [k for k in sorted(set(stored) | set(dataset.schema.to_dict())) if stored.get(k) != dataset.schema.to_dict().get(k)]
+        changes.append(f"the data's preprocessing ({', '.join(what)}) differs from when the study was created")
+    return changes
+
+
 def _check_same_search(
-    name: str, study: optuna.Study, meta: dict[str, Any], space: SearchSpace, allow: bool, notify: Callable[[str], None] | None
-) -> None:
+    name: str, study: optuna.Study, meta: dict[str, Any], space: SearchSpace, dataset: Dataset, allow: bool,
+    notify: Callable[[str], None] | None,
+) -> None:  # fmt: skip
     if dataset_identity(meta["dataset"]) != dataset_identity(space.dataset):
         raise StorageError(
             f"study '{name}' was created on dataset {dataset_identity(meta['dataset'])}; {space.path} names "
             f"{dataset_identity(space.dataset)}: pick another --study name"
+        )
+    never = incomparable_changes(meta, space, dataset)
+    if never:
+        raise StorageError(
+            f"study '{name}' cannot continue: {'; '.join(never)}; its stored values would not be comparable with new ones "
+            "(not even with --allow-space-change): pick another --study name"
         )
     changes = space_changes(meta["space"], space.raw)
     if not changes:

@@ -59,6 +59,40 @@ def is_journal(url: str) -> bool:
     return "://" not in url and url.endswith(JOURNAL_SUFFIXES)
 
 
+def local_files(url: str) -> list[Path]:
+    """The file a journal or SQLite storage URL names and the folders above it that do not exist
+    yet (what opening it would create), deepest first; [] for a server."""
+    if is_journal(url):
+        path = Path(url)
+    elif url.startswith("sqlite:///") and url[len("sqlite:///") :] not in ("", ":memory:"):
+        path = Path(url[len("sqlite:///") :])
+    else:
+        return []
+    created = [path] if not path.exists() else []
+    folder = path.parent
+    while created and not folder.exists():
+        created.append(folder)
+        folder = folder.parent
+    return created
+
+
+def remove_if_unused(created: list[Path], storage: optuna.storages.BaseStorage) -> None:
+    """Undo ``local_files``: a storage file this run created and left without any study is removed,
+    with the folders created for it, so a refused run leaves nothing on disk."""
+    if not created:
+        return
+    try:
+        if optuna.get_all_study_names(storage):
+            return
+    except Exception:  # noqa: BLE001 - an unreadable file is not ours to judge: keep it
+        return
+    for path in created:
+        try:
+            path.unlink() if path.is_file() else path.rmdir()
+        except OSError:
+            return
+
+
 def open_storage(
     url: str,
     heartbeat_interval: int | None = None,

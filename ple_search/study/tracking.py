@@ -34,6 +34,38 @@ def _mlflow():
     return mlflow
 
 
+CONNECT_SECONDS = 3.0
+
+
+def _reachable(uri: str) -> None:
+    """An MLflow server that does not answer is one line within a few seconds (MLflow itself
+    retries for minutes); later calls time out and retry a little, not for minutes."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
+    parts = urlsplit(uri)
+    if parts.scheme == "sqlite":  # MLflow retries a store it cannot open for a minute
+        from pathlib import Path
+
+        path = Path(uri.split(":///", 1)[-1] if ":///" in uri else "")
+        if not str(path) or path.is_dir() or not path.parent.is_dir():
+            problem = "is a folder" if path.is_dir() else "has no folder to be created in"
+            raise ConfigError(f"--mlflow {mask_url(uri)}: the SQLite file {path} {problem}; name a file, e.g. sqlite:///mlflow.db")
+        return
+    if parts.scheme not in ("http", "https"):
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname or "localhost", port), timeout=CONNECT_SECONDS):
+            pass
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConfigError(f"--mlflow {mask_url(uri)}: no MLflow server answers there ({reason}); start it, or use a local store: sqlite:///mlflow.db") from None
+
+
 def _params(hparams: Mapping[str, Any]) -> dict[str, str]:
     """MLflow params are strings: lists and None as JSON."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in hparams.items()}
@@ -43,17 +75,17 @@ class MLflowTracker:
     """Logs to the MLflow tracking server or store at ``uri``, experiment ``experiment``."""
 
     def __init__(self, uri: str, experiment: str) -> None:
+        _reachable(uri)
         mlflow = _mlflow()
-        from mlflow.exceptions import MlflowException
         from mlflow.tracking import MlflowClient
 
         try:
             self.client = MlflowClient(uri)
             found = self.client.get_experiment_by_name(experiment)
-        except MlflowException as exc:  # a store MLflow refuses (unknown scheme, retired file store)
-            reason = scrub(str(exc).strip().split(". ")[0].rstrip("."), uri)
+            self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        except Exception as exc:  # noqa: BLE001 - a store MLflow refuses or cannot open: one line naming the flag
+            reason = scrub(" ".join(str(exc).strip().split(". ")[0].rstrip(".").split())[:300], uri)
             raise ConfigError(f"--mlflow {mask_url(uri)}: {reason}; a local store is sqlite:///mlflow.db, a server http://host:5000") from None
-        self.experiment_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.experiment = experiment
         self._mlflow = mlflow
 
