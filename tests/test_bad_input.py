@@ -306,3 +306,26 @@ def test_resume_with_changed_limits_needs_allow_space_change_and_records_it(tmp_
     assert run_tiny(tmp_path, space=space)[0] == 2
     one_line(capsys, "limits.params 100000 -> 50000", "--allow-space-change")
     assert run_tiny(tmp_path, "--allow-space-change", space=space)[0] == 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["pareto", "--study", "s", "--output", "{file}/x.json"],
+    ["pareto", "--study", "s", "--plot", "{file}/x.png"],
+    ["export", "--study", "s", "--trial", "0", "--out", "{file}/b.yaml"],
+    ["train", "--config", "c.yaml", "--out", "{file}/model"],
+    ["predict", "--model", "m", "--input", "rows.csv", "--output", "{file}/p.csv"],
+])  # fmt: skip
+def test_an_output_under_a_file_is_one_line_before_any_work(tmp_path, capsys, argv):
+    (tmp_path / "afile").write_text("a file")
+    with pytest.raises(SystemExit) as exit_info:
+        main([a.replace("{file}", str(tmp_path / "afile")) for a in argv])
+    assert exit_info.value.code == 2
+    one_line(capsys, "afile is a file, so nothing can be written under it")
+
+
+def test_a_cut_exported_config_is_one_line_naming_it(trained, tmp_path, capsys):
+    text = (trained / "best.yaml").read_text()
+    (tmp_path / "cut.yaml").write_text(text[: len(text) // 3])
+    assert main(["train", "--config", str(tmp_path / "cut.yaml"), "--seeds", "1", "--out", str(tmp_path / "m")]) == 2
+    one_line(capsys, "cut.yaml")
+    assert not (tmp_path / "m").exists()

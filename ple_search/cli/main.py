@@ -64,11 +64,24 @@ def _device_list(text: str) -> list[str]:
     return parts
 
 
+def _writable_place(text: str) -> str:
+    """``text`` names a place that can be created: the nearest existing folder above it is a
+    writable folder (not a file)."""
+    above = Path(text).expanduser().absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise argparse.ArgumentTypeError(f"{text!r}: {above} is a file, so nothing can be written under it")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise argparse.ArgumentTypeError(f"{text!r}: the folder {above} is not writable")
+    return text
+
+
 def _output_file(text: str) -> str:
-    """An argparse type: a file to write, never an existing folder."""
+    """An argparse type: a file to write, never an existing folder, in a place that can be written."""
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text!r} is a folder; name a file to write")
-    return text
+    return _writable_place(text)
 
 
 def _plot_file(text: str) -> str:
@@ -80,7 +93,7 @@ def _plot_file(text: str) -> str:
 def _new_folder(text: str) -> str:
     if Path(text).exists():
         raise argparse.ArgumentTypeError(f"{text!r} already exists; name a new folder")
-    return text
+    return _writable_place(text)
 
 
 # Every numeric option of every command, with what it allows: one table, one check each.
