@@ -276,3 +276,56 @@ def test_batches_cover_the_split_reshuffle_per_epoch_and_repeat_for_a_seed():
     assert torch.equal(epoch1, again)
     ordered = list(TensorBatches(d.val, 64))
     assert torch.equal(torch.cat([y for _, _, y in ordered]), d.val.labels)
+
+
+def test_numeric_columns_that_are_numbers_already_equal_their_text_bit_for_bit():
+    import pandas as pd
+
+    from ple_search.data.preprocess import to_numeric
+
+    rng = np.random.default_rng(0)
+    floats = pd.Series(np.r_[rng.standard_normal(500) * 1e6, [np.nan, 0.1, -0.0, 1e-300]])
+    ints = pd.Series(rng.integers(-(2**40), 2**40, 200))
+    for series in (floats, ints, ints.astype("Int64").where(ints > 0)):
+        text = series.astype(object).map(lambda v: "" if pd.isna(v) else repr(v)).astype("string")
+        np.testing.assert_array_equal(to_numeric(series, "t", "c"), to_numeric(text, "t", "c"))
+
+
+def test_an_infinite_number_is_refused_as_it_is_in_text():
+    import pandas as pd
+
+    from ple_search.core.errors import DataError
+    from ple_search.data.preprocess import to_numeric
+
+    with pytest.raises(DataError, match="non-finite value"):
+        to_numeric(pd.Series([1.0, np.inf]), "t", "c")
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_time_split_trains_on_the_earliest_rows_and_tests_on_the_latest(tmp_path, fmt):
+    from ple_search.data import load
+
+    rng = np.random.default_rng(0)
+    n = 500
+    ts = pd.Timestamp("2026-01-01") + pd.to_timedelta(rng.permutation(n), unit="h")  # shuffled in the file
+    x = rng.normal(size=n)
+    frame = pd.DataFrame({"ts": ts, "x": x, "y": (x + rng.normal(0, 0.5, n) > 0).astype(int)})
+    name = f"t.{fmt}"
+    frame.to_parquet(tmp_path / name) if fmt == "parquet" else frame.to_csv(tmp_path / name, index=False)
+    (tmp_path / "t.yaml").write_text(f"file: {name}\nnumeric: [x]\ntasks:\n  - {{name: y, type: binary}}\nsplit: {{time: ts, fractions: [0.8, 0.1, 0.1]}}\n")
+    dataset = load(str(tmp_path / "t.yaml"), use_cache=False)
+    order = np.argsort(ts.to_numpy())
+    raw = (x - x[order[:400]].mean()) / x[order[:400]].std()  # standardised on the train split
+    for split, rows in (("train", order[:400]), ("val", order[400:450]), ("test", order[450:])):
+        got = np.sort(dataset.split(split).num.numpy()[:, 0])
+        np.testing.assert_allclose(got, np.sort(raw[rows]).astype(np.float32), rtol=1e-4, atol=1e-5)
+
+
+def test_an_unreadable_time_is_one_line_naming_the_row(tmp_path):
+    from ple_search.core.errors import DataError
+    from ple_search.data import load
+
+    (tmp_path / "t.csv").write_text("ts,x,y\n2026-01-01,1,0\nsoon,2,1\n2026-01-03,3,1\n2026-01-04,1,0\n")
+    (tmp_path / "t.yaml").write_text("file: t.csv\nnumeric: [x]\ntasks:\n  - {name: y, type: binary}\nsplit: {time: ts}\n")
+    with pytest.raises(DataError, match="time column 'ts' has no readable time 'soon' at row 2"):
+        load(str(tmp_path / "t.yaml"), use_cache=False)

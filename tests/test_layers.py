@@ -211,6 +211,7 @@ def test_a_jobs_parent_with_a_cost_objective_and_limits_loads_neither_torch_nor_
     code, stderr, loaded = _cli_loading(["run", "--study", "s", "--space", space, "--trials", "4", "--storage", storage, "--jobs", "2"], folder)
     assert code == 0, stderr
     assert "4/4 trials finished by 2 workers" in stderr
+    assert f"Show the front: ple-search pareto --study s --storage '{storage}'" in stderr  # the hint names the storage
     assert loaded == []
 
 

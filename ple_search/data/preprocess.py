@@ -21,18 +21,22 @@ from ple_search.core.errors import DataError
 
 def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:
     """Float64 values of a column (empty cells become NaN), or a ``DataError`` naming the first
-    non-numeric row (1-based, header not counted)."""
-    text = values.astype("string").str.strip()
-    empty = text.isna() | (text == "")
-    parsed = pd.to_numeric(text.mask(empty), errors="coerce")
-    bad = parsed.isna() & ~empty
-    if bad.any():
-        row = int(np.flatnonzero(bad.to_numpy())[0])
-        raise DataError(
-            f"{where}: numeric column '{column}' has a non-numeric value {values.iloc[row]!r} "
-            f"(first at row {_file_row(values, row)})"
-        )
-    result = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
+    non-numeric row (1-based, header not counted). Values that are numbers already (a generated
+    table, numpy, Parquet's floats and integers) are taken as they are: only text is parsed."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        result = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        text = values.astype("string").str.strip()
+        empty = text.isna() | (text == "")
+        parsed = pd.to_numeric(text.mask(empty), errors="coerce")
+        bad = parsed.isna() & ~empty
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{where}: numeric column '{column}' has a non-numeric value {values.iloc[row]!r} "
+                f"(first at row {_file_row(values, row)})"
+            )
+        result = parsed.to_numpy(dtype=np.float64, na_value=np.nan)
     infinite = np.isinf(result)
     if infinite.any():
         row = int(np.flatnonzero(infinite)[0])

@@ -11,6 +11,7 @@ tasks:
   - {name: click, type: binary, labels: {"yes": 1, "no": 0}}   # labels: optional mapping
   - {name: watch_time, column: seconds, type: regression}      # column defaults to name
 split: {column: split}        # values train/val/test, or: {fractions: [0.8, 0.1, 0.1], seed: 0}
+                              # or by time: {time: ts, fractions: [0.8, 0.1, 0.1]} (earliest rows train)
 ```
 Every bad input is one ``DataError`` naming the file, the column and, where it applies, the row.
 Tables are read and encoded column by column with Arrow (``columnar.py``); the pandas path here
@@ -125,12 +126,17 @@ def label_mapping(labels: Mapping[Any, Any]) -> dict[str, float]:
 def _split_spec(path: Path, split: Any) -> dict[str, Any]:
     if isinstance(split, dict) and "column" in split:
         return {"column": str(split["column"])}
+    if isinstance(split, dict) and "time" in split:
+        fractions = split.get("fractions", [0.8, 0.1, 0.1])
+        if not isinstance(fractions, list) or len(fractions) != 3 or any(not isinstance(f, (int, float)) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
+            raise DataError(f"{path}: split.fractions must be [train, val, test] of positive numbers summing to 1")
+        return {"time": str(split["time"]), "fractions": [float(f) for f in fractions]}
     fractions = split.get("fractions") if isinstance(split, dict) else None
     if (
         not isinstance(fractions, list) or len(fractions) != 3
         or any(not isinstance(f, (int, float)) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6
     ):  # fmt: skip
-        raise DataError(f"{path}: split must be {{column: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1")
+        raise DataError(f"{path}: split must be {{column: NAME}}, {{time: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1")
     return {"fractions": [float(f) for f in fractions], "seed": int(split.get("seed", 0))}
 
 
@@ -214,6 +220,38 @@ def _fraction_rows(rows: int, split: Mapping[str, Any]) -> dict[str, np.ndarray]
     return dict(zip(SPLITS, np.split(order, cuts)))
 
 
+def time_order(values: pd.Series, file: Path, column: str) -> np.ndarray:
+    """Row numbers from earliest to latest of a time column: timestamps, dates as text, or numbers
+    (e.g. Unix seconds); a missing or unreadable time is a ``DataError`` naming the row."""
+    if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
+        keys = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    else:
+        stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
+        keys = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
+        keys[stamps.isna().to_numpy()] = np.nan
+    bad = np.isnan(keys)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{file}: time column '{column}' has no readable time {values.iloc[row]!r} at row {row + 1}; give timestamps, dates or numbers")
+    return np.argsort(keys, kind="stable")
+
+
+def _time_rows(order: np.ndarray, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """Rows of each split for ``{time, fractions}``: the earliest rows train, then validation, the
+    latest test, each in file order (a model is validated and tested on a future it never saw)."""
+    rows = len(order)
+    cuts = np.cumsum([int(round(f * rows)) for f in split["fractions"][:2]])
+    dtype = np.int32 if rows < 2**31 else np.int64
+    return dict(zip(SPLITS, (np.sort(part).astype(dtype) for part in np.split(order, cuts))))
+
+
+def _read_time_column(file: Path, fmt: str, column: str) -> pd.Series:
+    """One column as typed values (Parquet's timestamps and numbers as they are; CSV as text)."""
+    if fmt == "parquet":
+        return pd.read_parquet(file, columns=[column])[column]
+    return pd.read_csv(file, usecols=[column], dtype=str, keep_default_na=False)[column]
+
+
 def load_table(spec_path: str | Path, use_cache: bool = True) -> Dataset:
     """Load a user's table as described by the YAML spec at ``spec_path``."""
     spec_path = Path(spec_path)
@@ -241,6 +279,8 @@ def _assign_splits(frame: pd.DataFrame, file: Path, split: Mapping[str, Any]) ->
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataError(f"{file}: split column '{split['column']}' has value {values.iloc[row]!r} at row {row + 1}; allowed: {list(SPLITS)}")
         return {name: np.flatnonzero((values == name).to_numpy()) for name in SPLITS}
+    if "time" in split:
+        return _time_rows(time_order(frame[split["time"]], file, split["time"]), split)
     return _fraction_rows(len(frame), split)
 
 
@@ -249,6 +289,8 @@ def _needed(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     needed += [(t["column"], f"label of task '{t['name']}'") for t in spec["tasks"]]
     if "column" in spec["split"]:
         needed.append((spec["split"]["column"], "split column"))
+    if "time" in spec["split"]:
+        needed.append((spec["split"]["time"], "time column of the split"))
     return needed
 
 
@@ -271,7 +313,11 @@ def _build_columnar(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -
     _check_columns(spec, file, reader.names)
     if reader.rows == 0:
         raise columnar.Irregular("no rows")
-    parts = None if split else _fraction_rows(reader.rows, spec["split"])
+    if "time" in spec["split"]:
+        column = spec["split"]["time"]
+        parts = _time_rows(time_order(_read_time_column(file, spec["format"], column), file, column), spec["split"])
+    else:
+        parts = None if split else _fraction_rows(reader.rows, spec["split"])
     mappings = {t["name"]: _label_mapping(t) for t in spec["tasks"] if t["type"] == "binary"}
     try:
         return columnar.build(reader, spec, mappings, parts, info, str(file))
