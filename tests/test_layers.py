@@ -23,7 +23,8 @@ TORCH_FREE = (
     "ple_search.study.space", "ple_search.study.record", "ple_search.study.pruning", "ple_search.study.pareto",
     "ple_search.study.storage", "ple_search.study.search", "ple_search.study.trial", "ple_search.study.run",
     "ple_search.study.parallel", "ple_search.study.tracking", "ple_search.evaluate.report", "ple_search.evaluate.export",
-    "ple_search.evaluate.transfer", "ple_search.cli.main", "ple_search.cli.progress",
+    "ple_search.evaluate.transfer", "ple_search.cli.main", "ple_search.cli.progress", "ple_search.study.starter",
+    "ple_search.data.profile",
 )  # fmt: skip
 ENGINE = ("torch", "pytorch_lightning", "lightning")
 

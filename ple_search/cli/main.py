@@ -223,6 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     _accelerator_arg(confirm)
     _tracking_args(confirm)
 
+    init = sub.add_parser("init", help="read a table and write a dataset spec and a search space for it")
+    init.add_argument("--table", required=True, help="CSV or Parquet file, one row per example")
+    init.add_argument("--tasks", required=True, type=_names, help="the label columns, e.g. click,purchase")
+    init.add_argument("--time-column", help="split by this time column: earliest rows train, latest test")
+    init.add_argument("--hours", type=SECONDS, default=1.0, help="the time the study may take; sizes epochs and trials (default 1)")
+    init.add_argument("--out", default=".", type=_writable_place, help="folder for NAME.spec.yaml and search_spaces/NAME.yaml (default .)")
+    init.add_argument("--name", help="study name (default: the table's file name)")
+    init.add_argument("--force", action="store_true", help="replace existing spec and space files")
+
     predict = sub.add_parser("predict", help="score raw rows with a trained model")
     predict.add_argument("--model", required=True, help="folder written by `ple-search train`")
     predict.add_argument("--input", required=True, help="CSV or Parquet with the raw feature columns")
@@ -346,6 +355,26 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     from ple_search.study.record import count_finished
 
     err.print(f"{count_finished(study)}/{request.trials} trials finished by {request.jobs} workers. {_pareto_hint(request)}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError(f"{text!r}: give column names separated by commas, e.g. click,purchase")
+    return names
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    from ple_search.study.starter import init
+
+    result, spec, space = init(
+        Path(args.table), args.tasks, time_column=args.time_column, hours=args.hours, out=Path(args.out), force=args.force, name=args.name,
+    )  # fmt: skip
+    for line in result.decisions:
+        err.print(line)
+    err.print(f"wrote {spec} and {space}")
+    err.print(f"run it: ple-search run --study {result.name} --space {shlex.quote(str(space))} --trials {result.trials}")
     return 0
 
 
@@ -552,7 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(lambda: cmd_run(args, argv), interruptible=True)
     commands = {
         "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
-        "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm,
+        "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm, "init": cmd_init,
     }  # fmt: skip
     return _guarded(lambda: commands[args.command](args))
 
