@@ -5,8 +5,8 @@ synthetic study and a census study. Every arm is a real ``ple-search run`` with 
     python bench/threads.py [--synthetic-trials 20] [--census-trials 12] [--data-dir ../shared/data/census-income-kdd]
 
 Arms: the default (threads chosen by ple-search, OpenMP waiting passively), ``--threads 1``,
-``--threads 2``, and ``--threads 2`` with ``OMP_WAIT_POLICY=ACTIVE`` (what the default was before:
-spinning OpenMP threads on every core).
+``--threads 2``, ``--jobs 2`` (two worker processes, one thread each), and ``--threads 2`` with
+``OMP_WAIT_POLICY=ACTIVE`` (what the default was before: spinning OpenMP threads on every core).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ ARMS = {
     "default": ([], {}),
     "--threads 1": (["--threads", "1"], {}),
     "--threads 2": (["--threads", "2"], {}),
+    "--jobs 2 (one thread each)": (["--jobs", "2"], {}),
     "--threads 2, spinning (before)": (["--threads", "2"], {"OMP_WAIT_POLICY": "ACTIVE"}),
 }
 

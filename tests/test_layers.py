@@ -298,3 +298,32 @@ def test_a_workers_request_is_the_parents_with_one_job_its_threads_and_quiet():
     parent = RunRequest("s", 10, jobs=4, threads=None, quiet=False, seed=3)
     worker = parent.for_worker(2, threads=1)
     assert (worker.jobs, worker.threads, worker.quiet, worker.worker, worker.seed, worker.trials) == (1, 1, True, 2, 3, 10)
+
+
+def test_without_jobs_or_threads_workers_are_tried_only_where_there_are_trials_to_share():
+    from ple_search.study.run import RunRequest, auto_jobs
+
+    auto = RunRequest("s", 20, auto_jobs=True)
+    assert auto_jobs(auto, finished=0, cores=2) == 2
+    assert auto_jobs(auto, finished=14, cores=2) == 1  # 6 left: not worth starting workers
+    assert auto_jobs(RunRequest("s", 20, auto_jobs=False), finished=0, cores=2) == 1  # --jobs or --threads given
+    assert auto_jobs(RunRequest("s", 20, auto_jobs=True, accelerator="gpu"), finished=0, cores=2) == 1
+    assert auto_jobs(auto, finished=0, cores=1) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(__import__("os").cpu_count() < 2, reason="one core: one job")
+def test_a_default_run_with_many_small_trials_runs_one_worker_per_core(tmp_path):
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump(tiny_space()))
+    run = subprocess.run(
+        [sys.executable, "-m", "ple_search.cli.main", "run", "--study", "auto", "--space", str(space), "--trials", "8", "--quiet"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    cores = __import__("os").cpu_count()
+    threads = next(line for line in run.stderr.splitlines() if line.startswith("threads:"))
+    if "so one trial per core" in threads:  # the measured step said threads do not pay
+        assert threads.startswith(f"threads: 1 per trial x {cores} jobs") and f"8/8 trials finished by {cores} workers" in run.stderr
+    else:
+        assert threads.startswith(f"threads: {cores} per trial x 1 jobs") and "8/8 trials finished." in run.stderr

@@ -7,6 +7,7 @@ Ctrl-C or SIGTERM during ``run`` marks the running trial FAIL, prints how to res
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shlex
 import signal
@@ -160,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _accelerator_arg(run)
     run.add_argument("--threads", type=COUNT, help="torch threads per trial (default: one, more where a measured training step shows they pay)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
-    run.add_argument("--jobs", type=COUNT, default=1, help="worker processes on this machine sharing the study")
+    run.add_argument("--jobs", type=COUNT, help="worker processes on this machine sharing the study (default: one per core where a measured training step shows threads do not pay and trials are many, else 1)")
     run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
@@ -251,8 +252,9 @@ def _run_request(args: argparse.Namespace):
     from ple_search.study.run import RunRequest
 
     fields = RunRequest.__dataclass_fields__
-    values = {k: v for k, v in vars(args).items() if k in fields}
+    values = {k: v for k, v in vars(args).items() if k in fields and v is not None}
     values["devices"] = tuple(args.devices) if args.devices else None
+    values["auto_jobs"] = args.jobs is None and args.threads is None
     return RunRequest(**values)
 
 
@@ -261,6 +263,8 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
 
     quiet_libraries()
     request = _run_request(args)
+    if request.auto_jobs:
+        request = dataclasses.replace(request, jobs=_auto_jobs(request))
     if request.jobs > 1:  # the parent coordinates: the data and the engine load in forked processes only
         _tracker(request, request.study)  # a store MLflow refuses is one line before any study is created
         return _run_parallel(request, argv)
@@ -272,7 +276,7 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     import torch
 
     from ple_search.cli.progress import LiveReporter, LogReporter
-    from ple_search.study.run import choose_threads, open_run, run_header
+    from ple_search.study.run import choose_threads, open_run, run_header, threads_line
     from ple_search.study.search import run_search
     from ple_search.train.engine import TrialSettings
 
@@ -280,9 +284,9 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     opened = open_run(request, _notice)
     study = opened.study
     threads = request.threads
-    if request.worker is None:
+    if request.worker is None and not request.announced:
         threads, why = choose_threads(request, opened)
-        for line in [*run_header(request, opened), why]:
+        for line in [*run_header(request, opened), threads_line(threads, request.jobs, why)]:
             err.print(line)
     torch.set_num_threads(threads or 1)
     settings = TrialSettings.from_budget(
@@ -308,6 +312,23 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     if request.worker is None:
         err.print(f"{finished}/{request.trials} trials finished. {_pareto_hint(request)}")
     return 0
+
+
+def _auto_jobs(request) -> int:
+    """Workers to try without --jobs/--threads: counts the study's finished trials (torch-free)."""
+    from ple_search.study.record import count_finished
+    from ple_search.study.run import auto_jobs
+    from ple_search.study.storage import load_study, open_storage
+
+    from ple_search.study.storage import local_files
+
+    finished = 0
+    if auto_jobs(request, 0) > 1 and not local_files(request.storage):  # a storage that exists: its trials count
+        try:
+            finished = count_finished(load_study(request.study, open_storage(request.storage, retry_seconds=request.storage_retry, notify=_notice)))
+        except StorageError:
+            finished = 0  # no such study yet
+    return auto_jobs(request, finished)
 
 
 def _pareto_hint(request) -> str:
@@ -337,6 +358,9 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     prepared = call_forked(prepare_run, request)
     for line in prepared["lines"]:
         err.print(line)
+    if prepared["jobs"] == 1:  # measured: threads pay, so this process trains with them all
+        one = dataclasses.replace(request, jobs=1, threads=prepared["threads"], announced=True, created=prepared["created"])
+        return _run_one(one, argv)
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
     study = load_study(request.study, storage)
     workers = [request.for_worker(i, prepared["threads"]) for i in range(request.jobs)]

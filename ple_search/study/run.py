@@ -48,6 +48,9 @@ class RunRequest:
     allow_space_change: bool = False
     quiet: bool = False
     worker: int | None = None  # the index of a --jobs worker; None in the process the user started
+    auto_jobs: bool = False  # neither --jobs nor --threads given: workers where they finish more trials per hour
+    announced: bool = False  # the header was printed already (by the process that prepared the run)
+    created: bool = False  # the study was created for this run: sample with the seed itself, as its creator
 
     def for_worker(self, index: int, threads: int) -> "RunRequest":
         """Worker ``index``'s request: one job, its share of threads, one log line per trial."""
@@ -89,7 +92,7 @@ def open_run(request: RunRequest, notify: Notify) -> OpenRun:
         seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
         study = open_study(
             request.study, storage, space, dataset, sampler=request.sampler, seed=seed,
-            allow_space_change=request.allow_space_change, notify=notify,
+            allow_space_change=request.allow_space_change, notify=notify, created_for_us=request.created,
         )  # fmt: skip
     except BaseException:
         remove_if_unused(created, storage)  # a refused run leaves no storage file behind
@@ -163,42 +166,73 @@ def run_header(request: RunRequest, opened: OpenRun) -> list[str]:
     return [f"study {request.study} in {mask_url(request.storage)}; space {space.path}; data: {dataset.info.get('split')}", data]
 
 
-def choose_threads(request: RunRequest, opened: OpenRun, cores: int | None = None) -> tuple[int, str]:
-    """Torch threads per trial, and the header line that says why: ``--threads`` if given; else
-    one per trial when the cores are shared out among ``--jobs`` (or a GPU trains), and more only
-    where a training step of the space's largest model, measured here, shows they pay
-    (``train.engine.pick_threads``)."""
-    jobs = request.jobs
-    if request.threads:
-        return request.threads, f"threads: {request.threads} per trial x {jobs} jobs (--threads)"
-    available = max(1, (cores or os.cpu_count() or 1) // jobs)
-    if request.accelerator == "gpu" or available == 1:
-        why = "GPU trials" if request.accelerator == "gpu" else f"{cores or os.cpu_count() or 1} cores shared by {jobs} jobs"
-        threads = available if request.accelerator == "gpu" else 1
-    else:
-        from ple_search.core.errors import ConfigError
-        from ple_search.train.engine import pick_threads
-        from ple_search.train.module import PLEModule
+AMORTISE = 4  # workers pay off when each of them gets at least this many trials (a fork server starts first)
 
-        try:
-            module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=True))
-        except ConfigError:  # the largest corner builds no model: measure the smallest
-            module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=False))
-        threads, why = pick_threads(module, opened.dataset.train, available)
-    return threads, f"threads: {threads} per trial x {jobs} jobs ({why}; --threads N overrides)"
+
+def auto_jobs(request: RunRequest, finished: int, cores: int | None = None) -> int:
+    """The workers to try when neither ``--jobs`` nor ``--threads`` is given: one per core on a
+    CPU run with enough trials left to share, else one (``prepare_run`` then keeps one worker per
+    core only if a measured training step shows threads do not pay)."""
+    cores = cores or os.cpu_count() or 1
+    if not request.auto_jobs or request.accelerator == "gpu" or cores < 2 or request.trials - finished < AMORTISE * cores:
+        return 1
+    return cores
+
+
+def choose_threads(request: RunRequest, opened: OpenRun, cores: int | None = None) -> tuple[int, str]:
+    """Torch threads per trial and why: ``--threads`` if given; else one per trial when the cores
+    are shared out among ``--jobs`` (or a GPU trains), and more only where a training step of the
+    space's largest model, measured here, shows they pay (``train.engine.pick_threads``)."""
+    if request.threads:
+        return request.threads, "--threads"
+    cores = cores or os.cpu_count() or 1
+    available = max(1, cores // request.jobs)
+    if request.accelerator == "gpu":
+        return available, "GPU trials"
+    if available == 1:
+        return 1, f"{cores} cores shared by {request.jobs} jobs"
+    from ple_search.core.errors import ConfigError
+    from ple_search.train.engine import pick_threads
+    from ple_search.train.module import PLEModule
+
+    try:
+        module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=True))
+    except ConfigError:  # the largest corner builds no model: measure the smallest
+        module = PLEModule(opened.dataset.schema, opened.space.extreme_config(largest=False))
+    return pick_threads(module, opened.dataset.train, available)
+
+
+def threads_line(threads: int, jobs: int, why: str) -> str:
+    """The run header's line on threads and jobs, with why they were chosen."""
+    overrides = "" if why == "--threads" else "; --threads N overrides"
+    return f"threads: {threads} per trial x {jobs} jobs ({why}{overrides})"
 
 
 def prepare_run(request: RunRequest) -> dict[str, Any]:
     """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
-    (``parallel.call_forked``): the study created or checked, the lines to print, each worker's
-    threads and the GPUs the workers may use. Returns ``{"lines", "threads", "gpus"}``."""
+    (``parallel.call_forked``): the study created or checked, the lines to print, the jobs and each
+    worker's threads (without ``--jobs``/``--threads``: one worker per core unless a measured step
+    shows threads pay, then one job with them all), the GPUs the workers may use, and whether the
+    study is new. Returns ``{"lines", "jobs", "threads", "gpus", "created"}``."""
+    from optuna.trial import TrialState
+
     lines: list[str] = []
     opened = open_run(request, lines.append)
-    threads, why = choose_threads(request, opened)
+    created = all(t.state == TrialState.WAITING for t in opened.study.get_trials(deepcopy=False))  # only enqueued configs
+    jobs = request.jobs
+    if request.auto_jobs:
+        threads, why = choose_threads(dataclasses.replace(request, jobs=1), opened)
+        if threads > 1:
+            jobs = 1
+        else:
+            why += "; so one trial per core"
+    else:
+        threads, why = choose_threads(request, opened)
     gpus: list[str] = []
     if request.accelerator in ("gpu", "auto") and not request.devices:
         import torch
 
         if torch.cuda.is_available():
             gpus = [str(i) for i in range(torch.cuda.device_count())]
-    return {"lines": [*lines, *run_header(request, opened), why], "threads": threads, "gpus": gpus}
+    lines += [*run_header(request, opened), threads_line(threads, jobs, why)]
+    return {"lines": lines, "threads": threads, "gpus": gpus, "jobs": jobs, "created": created}
