@@ -1,6 +1,7 @@
-"""Trials per hour of default settings against hand-picked threads, on an idle machine and beside a
-neighbour process that burns one core (as on a laptop or shared server), for the quick start's
-synthetic study and a census study. Every arm is a real ``ple-search run`` with a fresh storage.
+"""Trials per hour of default settings against hand-picked threads and jobs, on an idle machine and
+beside a neighbour process that burns one core (as on a laptop or shared server), on the quick
+start's synthetic data and on census. Every arm is a real ``ple-search run`` with a fresh storage,
+over equal work (``equal_work``); then the quick start as shipped, with the default settings.
 
     python bench/threads.py [--synthetic-trials 20] [--census-trials 12] [--data-dir ../shared/data/census-income-kdd]
 
@@ -45,26 +46,36 @@ def run_arm(space: Path, trials: int, extra: list[str], env: dict[str, str], fol
     return seconds, threads
 
 
+def equal_work(shipped: Path, folder: Path, name: str, epochs: int | None = None) -> Path:
+    """The shipped space with its first enqueued config fixed (so every trial is the same model,
+    whichever process samples it) and only the learning rate searched (so no two trials are the
+    same config, which the search would not train twice); every trial runs all its epochs."""
+    raw = yaml.safe_load(shipped.read_text())
+    first = dict(raw.get("enqueue", [{}])[0])
+    first.pop("lr", None)
+    epochs = epochs or raw["budget"]["max_epochs"]
+    raw.update(budget={"max_epochs": epochs, "patience": epochs}, pruner="none", enqueue=[],
+               fixed={**raw.get("fixed", {}), **first}, params={"lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True}})
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
 def burner() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--synthetic-trials", type=int, default=20)  # the quick start's own count
+    parser.add_argument("--synthetic-trials", type=int, default=20)
     parser.add_argument("--census-trials", type=int, default=12)
     parser.add_argument("--data-dir", default=str(ROOT.parent / "shared/data/census-income-kdd"))
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ple-bench-threads-"))
-    spaces = {"synthetic (quick start)": (ROOT / "ple_search/search_spaces/synthetic.yaml", args.synthetic_trials, None)}
+    spaces = {"synthetic": (equal_work(ROOT / "ple_search/search_spaces/synthetic.yaml", folder, "synthetic"), args.synthetic_trials, None)}
     census = Path(args.data_dir) / "census-income.test.gz"
     if census.is_file():
-        raw = yaml.safe_load((ROOT / "ple_search/search_spaces/census.yaml").read_text())
-        raw["budget"] = {"max_epochs": 2, "patience": 2}
-        raw["pruner"] = "none"
-        path = folder / "census.yaml"
-        path.write_text(yaml.safe_dump(raw))
-        spaces["census (2 epochs)"] = (path, args.census_trials, args.data_dir)
+        spaces["census"] = (equal_work(ROOT / "ple_search/search_spaces/census.yaml", folder, "census", epochs=2), args.census_trials, args.data_dir)
     print(f"{os.cpu_count()} cores; trials/hour of a fresh `ple-search run`, each arm measured in this run\n")
     print("| study | machine | arm | wall s | trials/hour | vs best | threads line |")
     print("|---|---|---|---|---|---|---|")
@@ -80,6 +91,17 @@ def main() -> None:
             best = min(seconds for arm, (seconds, _) in results.items() if not arm.endswith("(before)"))
             for arm, (seconds, threads) in results.items():
                 print(f"| {study} | {machine} | {arm} | {seconds:.1f} | {trials * 3600 / seconds:.0f} | {best / seconds:.2f}x | {threads if arm == 'default' else ''} |")
+    print("\n| the quick start as shipped (`ple-search run --study synthetic --trials 20`) | wall s | threads line |")
+    print("|---|---|---|")
+    for machine in ("idle", "one core busy"):
+        neighbour = burner() if machine != "idle" else None
+        try:
+            seconds, threads = run_arm(ROOT / "ple_search/search_spaces/synthetic.yaml", 20, [], {}, folder, None)
+        finally:
+            if neighbour is not None:
+                neighbour.kill()
+                neighbour.wait()
+        print(f"| {machine} | {seconds:.1f} | {threads} |")
 
 
 if __name__ == "__main__":

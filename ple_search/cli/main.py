@@ -284,7 +284,7 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     opened = open_run(request, _notice)
     study = opened.study
     threads = request.threads
-    if request.worker is None and not request.announced:
+    if request.worker is None:
         threads, why = choose_threads(request, opened)
         for line in [*run_header(request, opened), threads_line(threads, request.jobs, why)]:
             err.print(line)
@@ -358,9 +358,6 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     prepared = call_forked(prepare_run, request)
     for line in prepared["lines"]:
         err.print(line)
-    if prepared["jobs"] == 1:  # measured: threads pay, so this process trains with them all
-        one = dataclasses.replace(request, jobs=1, threads=prepared["threads"], announced=True, created=prepared["created"])
-        return _run_one(one, argv)
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
     study = load_study(request.study, storage)
     workers = [request.for_worker(i, prepared["threads"]) for i in range(request.jobs)]

@@ -49,8 +49,6 @@ class RunRequest:
     quiet: bool = False
     worker: int | None = None  # the index of a --jobs worker; None in the process the user started
     auto_jobs: bool = False  # neither --jobs nor --threads given: workers where they finish more trials per hour
-    announced: bool = False  # the header was printed already (by the process that prepared the run)
-    created: bool = False  # the study was created for this run: sample with the seed itself, as its creator
 
     def for_worker(self, index: int, threads: int) -> "RunRequest":
         """Worker ``index``'s request: one job, its share of threads, one log line per trial."""
@@ -92,7 +90,7 @@ def open_run(request: RunRequest, notify: Notify) -> OpenRun:
         seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
         study = open_study(
             request.study, storage, space, dataset, sampler=request.sampler, seed=seed,
-            allow_space_change=request.allow_space_change, notify=notify, created_for_us=request.created,
+            allow_space_change=request.allow_space_change, notify=notify,
         )  # fmt: skip
     except BaseException:
         remove_if_unused(created, storage)  # a refused run leaves no storage file behind
@@ -170,9 +168,10 @@ AMORTISE = 4  # workers pay off when each of them gets at least this many trials
 
 
 def auto_jobs(request: RunRequest, finished: int, cores: int | None = None) -> int:
-    """The workers to try when neither ``--jobs`` nor ``--threads`` is given: one per core on a
-    CPU run with enough trials left to share, else one (``prepare_run`` then keeps one worker per
-    core only if a measured training step shows threads do not pay)."""
+    """The workers when neither ``--jobs`` nor ``--threads`` is given: one per core on a CPU run
+    with at least ``AMORTISE`` trials per core left (each worker then runs one thread: on small
+    models workers scale about linearly where intra-op threads do not, ``bench/threads.py``),
+    else one (whose threads ``choose_threads`` measures)."""
     cores = cores or os.cpu_count() or 1
     if not request.auto_jobs or request.accelerator == "gpu" or cores < 2 or request.trials - finished < AMORTISE * cores:
         return 1
@@ -211,21 +210,12 @@ def threads_line(threads: int, jobs: int, why: str) -> str:
 def prepare_run(request: RunRequest) -> dict[str, Any]:
     """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
     (``parallel.call_forked``): the study created or checked, the lines to print, the jobs and each
-    worker's threads (without ``--jobs``/``--threads``: one worker per core unless a measured step
-    shows threads pay, then one job with them all), the GPUs the workers may use, and whether the
-    study is new. Returns ``{"lines", "jobs", "threads", "gpus", "created"}``."""
-    from optuna.trial import TrialState
-
+    worker's threads (without ``--jobs``/``--threads``: one worker per core, one thread each) and the
+    GPUs the workers may use. Returns ``{"lines", "threads", "gpus"}``."""
     lines: list[str] = []
     opened = open_run(request, lines.append)
-    created = all(t.state == TrialState.WAITING for t in opened.study.get_trials(deepcopy=False))  # only enqueued configs
-    jobs = request.jobs
-    if request.auto_jobs:
-        threads, why = choose_threads(dataclasses.replace(request, jobs=1), opened)
-        if threads > 1:
-            jobs = 1
-        else:
-            why += "; so one trial per core"
+    if request.auto_jobs:  # workers scale about linearly on small models, intra-op threads far less
+        threads, why = 1, f"{request.trials} trials to share: one trial per core"
     else:
         threads, why = choose_threads(request, opened)
     gpus: list[str] = []
@@ -234,5 +224,5 @@ def prepare_run(request: RunRequest) -> dict[str, Any]:
 
         if torch.cuda.is_available():
             gpus = [str(i) for i in range(torch.cuda.device_count())]
-    lines += [*run_header(request, opened), threads_line(threads, jobs, why)]
-    return {"lines": lines, "threads": threads, "gpus": gpus, "jobs": jobs, "created": created}
+    lines += [*run_header(request, opened), threads_line(threads, request.jobs, why)]
+    return {"lines": lines, "threads": threads, "gpus": gpus}

@@ -56,7 +56,6 @@ def open_study(
     seed: int = 0,
     allow_space_change: bool = False,
     notify: Callable[[str], None] | None = None,
-    created_for_us: bool = False,
 ) -> optuna.Study:
     """Resume the study ``name`` or create it, recording everything later commands need.
 
@@ -93,7 +92,7 @@ def open_study(
         )
     if meta is not None:
         _check_same_search(name, study, meta, space, dataset, allow_space_change, notify)
-    stream = seed if created or created_for_us else joining_seed(seed, study)
+    stream = seed if created else joining_seed(seed, study)
     study.sampler = space.make_sampler(sampler, stream)
     if meta is None:
         study.set_metric_names(names)
