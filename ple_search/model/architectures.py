@@ -53,7 +53,13 @@ class Architecture:
 
 
 def _ple_check(config: "PLEConfig") -> None:
+    from ple_search.model.checks import _invalid
+
     check_int("levels", config.levels, 1)
+    if config.expert_type not in ("mlp", "cross"):
+        raise _invalid("expert_type", config.expert_type, "must be one of ['cross', 'mlp']")
+    check_int("cross_layers", config.cross_layers, 1)
+    check_int("cross_rank", config.cross_rank, 0)
     check_int("experts_per_task", config.experts_per_task, 0)
     check_int("shared_experts", config.shared_experts, 0)
     if config.experts_per_task + config.shared_experts == 0:
@@ -74,7 +80,10 @@ def _ple_family(hp: Mapping[str, Any], num_tasks: int) -> str:
 
 
 def _ple_shape(hp: Mapping[str, Any], num_tasks: int) -> str:
-    return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
+    cross = ""
+    if hp.get("expert_type", "mlp") == "cross":
+        cross = f"cross{hp['cross_layers']}{'r' + str(hp['cross_rank']) if hp['cross_rank'] else ''} "
+    return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {cross}{_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
 
 
 def _ple_valid(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -86,7 +95,10 @@ def _ple_valid(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str,
 PLE = Architecture(
     name="ple",
     network="ple_search.model.ple:PLE",
-    keys=("levels", "experts_per_task", "shared_experts", "expert_hidden", "gate_hidden", "tower_hidden", "dropout", "activation"),
+    keys=(
+        "levels", "experts_per_task", "shared_experts", "expert_type", "cross_layers", "cross_rank", "expert_hidden", "gate_hidden",
+        "tower_hidden", "dropout", "activation",
+    ),  # fmt: skip
     check=_ple_check,
     family=_ple_family,
     shape=_ple_shape,

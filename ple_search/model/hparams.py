@@ -20,6 +20,7 @@ from ple_search.model.architectures import ARCHITECTURES
 from ple_search.model.checks import _invalid, _number, check_int, check_widths
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
+EXPERT_TYPES = ("mlp", "cross")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
@@ -45,6 +46,9 @@ class PLEConfig:
     levels: int = 2  # N extraction levels; 1 = CGC
     experts_per_task: int = 3  # m_k task-specific experts per task per level; 0 = MMoE
     shared_experts: int = 2  # m_s shared experts per level
+    expert_type: str = "mlp"  # mlp | cross (DCN-V2 cross layers, then the expert MLP)
+    cross_layers: int = 2  # cross experts: cross layers before the MLP
+    cross_rank: int = 0  # cross experts: 0 = full-rank W [d, d]; r >= 1 = low-rank U [d, r] V [r, d]
     expert_hidden: tuple[int, ...] = (16,)  # expert MLP widths
     gate_hidden: tuple[int, ...] = ()  # gate MLP widths before the softmax
     tower_hidden: tuple[int, ...] = (8,)  # tower MLP widths before the output

@@ -85,3 +85,37 @@ class DenseLinear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return torch.addmm(self.bias, x, self.weight)
+
+
+class GroupedWeight(nn.Module):
+    """``groups`` bias-free linear maps ``[G, B, in] -> [G, B, out]`` (one ``bmm``): the down
+    projection of a low-rank cross layer."""
+
+    def __init__(self, groups: int, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.weight = _uniform((groups, in_features, out_features), in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.bmm(x, self.weight)
+
+
+class CrossStack(nn.Module):
+    """``groups`` DCN-V2 cross networks side by side (Wang et al., WWW 2021), ``[G, B, d] ->
+    [G, B, d]``: ``x_{l+1} = x_0 * (x_l W_l + b_l) + x_l`` for ``layers`` layers, with ``W_l``
+    full rank ``[d, d]`` or, with ``rank`` r >= 1, ``U_l V_l`` (``[d, r]`` then ``[r, d]``). Each
+    layer multiplies the input with a learned linear view of itself: explicit feature crosses of
+    growing degree, which MLP experts learn only implicitly. With ``W = 0, b = 0`` a layer is the
+    identity (the residual)."""
+
+    def __init__(self, groups: int, dim: int, layers: int, rank: int = 0) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            GroupedLinear(groups, dim, dim) if rank == 0 else nn.Sequential(GroupedWeight(groups, dim, rank), GroupedLinear(groups, rank, dim))
+            for _ in range(layers)
+        )
+
+    def forward(self, x0: Tensor) -> Tensor:
+        x = x0
+        for layer in self.layers:  # over layers, never over experts: every expert in each bmm
+            x = x0 * layer(x) + x
+        return x

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ple_search.core.errors import ConfigError
 from ple_search.model.base import MultiTaskModel
 from ple_search.model.hparams import PLEConfig, check_int
-from ple_search.model.layers import DenseLinear, GroupedLinear, GroupedMLP, make_activation
+from ple_search.model.layers import CrossStack, DenseLinear, GroupedLinear, GroupedMLP, make_activation
 
 class Level(nn.Module):
     """One extraction level: per-task experts, shared experts, task gates and a shared gate.
@@ -47,7 +47,10 @@ class Level(nn.Module):
         activation: str,
         dropout: float,
         shared_input: bool = False,
+        cross_layers: int = 0,
+        cross_rank: int = 0,
     ) -> None:
+        """``cross_layers`` >= 1: cross experts (``CrossStack`` on each expert's input, then its MLP)."""
         super().__init__()
         t, p, s = num_tasks, experts_per_task, shared_experts  # the paper's K, m_k, m_s
         self.num_tasks, self.experts_per_task, self.shared_experts = t, p, s
@@ -64,12 +67,20 @@ class Level(nn.Module):
         self.task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
         self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
         gate_width = t * self.task_gate_first + self.shared_gate_first
+        self.cross = cross_layers > 0
+        if self.cross:  # each expert crosses its own copy of the input: first layers per expert
+            self.task_cross = CrossStack(t * p, in_dim, cross_layers, cross_rank) if p else None
+            self.task_cross_in = GroupedLinear(t * p, in_dim, self.hidden) if p else None
+            self.shared_cross = CrossStack(s, in_dim, cross_layers, cross_rank) if s else None
+            self.shared_cross_in = GroupedLinear(s, in_dim, self.hidden) if s else None
         if shared_input:
-            self.expert_in = DenseLinear(in_dim, (t * p + s) * self.hidden)
+            if not self.cross:
+                self.expert_in = DenseLinear(in_dim, (t * p + s) * self.hidden)
             self.gate_in = DenseLinear(in_dim, gate_width) if gate_width else None
         else:
-            self.task_expert_in = GroupedLinear(t, in_dim, p * self.hidden) if p else None
-            self.shared_expert_in = DenseLinear(in_dim, s * self.hidden) if s else None
+            if not self.cross:
+                self.task_expert_in = GroupedLinear(t, in_dim, p * self.hidden) if p else None
+                self.shared_expert_in = DenseLinear(in_dim, s * self.hidden) if s else None
             self.task_gate_in = GroupedLinear(t, in_dim, self.task_gate_first) if self.task_gate_first else None
             self.shared_gate_in = DenseLinear(in_dim, self.shared_gate_first) if self.shared_gate_first else None
         self.task_experts = GroupedMLP(t * p, list(expert_hidden), activation, dropout, True) if p else None
@@ -82,16 +93,17 @@ class Level(nn.Module):
     ) -> tuple[Tensor | None, Tensor | None, Tensor | None, Tensor | None]:
         """Activated first expert layers ``[T*P, B, h]`` and ``[S, B, h]``, and raw gate logits
         ``[T, B, g]`` and ``[B, g]`` (None where absent)."""
+        experts = self._cross_experts(task_in, shared_in) if self.cross else self._mlp_experts(task_in, shared_in)
+        return (*experts, *self._gate_logits(task_in, shared_in))
+
+    def _mlp_experts(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """MLP experts' activated first layers ``[T*P, B, h]`` and ``[S, B, h]``: at level 0 one
+        matmul for every expert, deeper one per branch."""
         t, p, s, h = self.num_tasks, self.experts_per_task, self.shared_experts, self.hidden
-        task_gates = shared_gate = None
         if self.shared_input:
             hidden = self.dropout(self.activation_inplace(self.expert_in(shared_in)))
             experts = hidden.unflatten(1, (t * p + s, h)).transpose(0, 1)  # a free view
-            task_h, shared_h = experts[: t * p] if p else None, experts[t * p :] if s else None
-            if self.gate_in is not None:
-                task_logits, shared_gate = self.gate_in(shared_in).split([t * self.task_gate_first, self.shared_gate_first], 1)
-                task_gates = task_logits.unflatten(1, (t, -1)).transpose(0, 1) if self.task_gate_first else None
-            return task_h, shared_h, task_gates, shared_gate if self.shared_gate_first else None
+            return experts[: t * p] if p else None, experts[t * p :] if s else None
         task_h = shared_h = None
         if p:  # [T, B, P*h] -> [T*P, B, h]
             hidden = self.dropout(self.activation_inplace(self.task_expert_in(task_in)))
@@ -99,11 +111,36 @@ class Level(nn.Module):
         if s:  # [B, S*h] -> [S, B, h]
             hidden = self.dropout(self.activation_inplace(self.shared_expert_in(shared_in)))
             shared_h = hidden.unflatten(1, (s, h)).transpose(0, 1)
+        return task_h, shared_h
+
+    def _cross_experts(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Cross experts' activated first layers ``[T*P, B, h]`` and ``[S, B, h]``: each expert's
+        input (task k's experts read task k's input, shared ones the shared input) through its
+        cross layers, then its first MLP layer; one batched op per layer for all experts."""
+        t, p, s = self.num_tasks, self.experts_per_task, self.shared_experts
+        task_h = shared_h = None
+        if p:  # task k's expert j at k*P + j reads task k's input (every expert reads x at level 0)
+            x0 = shared_in.expand(t * p, -1, -1) if self.shared_input else task_in.repeat_interleave(p, dim=0)
+            task_h = self.dropout(self.activation_inplace(self.task_cross_in(self.task_cross(x0))))
+        if s:
+            shared_h = self.dropout(self.activation_inplace(self.shared_cross_in(self.shared_cross(shared_in.expand(s, -1, -1)))))
+        return task_h, shared_h
+
+    def _gate_logits(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor | None, Tensor | None]:
+        """Raw gate logits ``[T, B, g]`` and ``[B, g]`` (gates read the level's plain input, also
+        beside cross experts): at level 0 one matmul for every gate, deeper one per branch."""
+        t = self.num_tasks
+        task_gates = shared_gate = None
+        if self.shared_input:
+            if self.gate_in is not None:
+                task_logits, shared_gate = self.gate_in(shared_in).split([t * self.task_gate_first, self.shared_gate_first], 1)
+                task_gates = task_logits.unflatten(1, (t, -1)).transpose(0, 1) if self.task_gate_first else None
+            return task_gates, shared_gate if self.shared_gate_first else None
         if self.task_gate_in is not None:
             task_gates = self.task_gate_in(task_in)
         if self.shared_gate_in is not None:
             shared_gate = self.shared_gate_in(shared_in)
-        return task_h, shared_h, task_gates, shared_gate
+        return task_gates, shared_gate
 
     def _gate(self, logits: Tensor, mlp: GroupedMLP | None) -> Tensor:
         """Softmax gate weights, expert-major: ``[..., E, B, 1]`` from logits ``[..., B, w]``."""
@@ -186,6 +223,8 @@ class PLE(MultiTaskModel):
                 activation=activation,
                 dropout=float(dropout),
                 shared_input=i == 0,
+                cross_layers=config.cross_layers if config.expert_type == "cross" else 0,
+                cross_rank=config.cross_rank,
             )
             for i in range(levels)
         )
@@ -206,6 +245,8 @@ class PLE(MultiTaskModel):
         linears = [m for m in last.shared_expert_stack.layers if isinstance(m, GroupedLinear)]
         if linears:
             return linears[-1].weight, slice(None)
+        if last.cross:
+            return last.shared_cross_in.weight, slice(None)
         if last.shared_input:
             return last.expert_in.weight, slice(last.num_tasks * last.experts_per_task * last.hidden, None)
         return last.shared_expert_in.weight, slice(None)
