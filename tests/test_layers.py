@@ -24,7 +24,7 @@ TORCH_FREE = (
     "ple_search.study.storage", "ple_search.study.search", "ple_search.study.trial", "ple_search.study.run",
     "ple_search.study.parallel", "ple_search.study.tracking", "ple_search.evaluate.report", "ple_search.evaluate.export",
     "ple_search.evaluate.transfer", "ple_search.cli.main", "ple_search.cli.progress", "ple_search.study.starter",
-    "ple_search.data.profile",
+    "ple_search.data.profile", "ple_search.serve.gates",
 )  # fmt: skip
 ENGINE = ("torch", "pytorch_lightning", "lightning")
 

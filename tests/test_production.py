@@ -114,7 +114,7 @@ def test_train_load_predict_torchscript_and_reproducibility(study, tmp_path, cap
     assert set(runs[0]["mean"]["test"]) == {"click", "buy"} and "+-" in capsys.readouterr().err
     out = tmp_path / "a"
     serving = {"model.onnx"} if onnx_available() else set()
-    assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "metrics.json", "config.yaml", "preprocessor.json", "model.pt", *serving}
+    assert {p.name for p in out.iterdir()} == {"seed-0", "seed-1", "metrics.json", "config.yaml", "preprocessor.json", "model.pt", "gates.json", "gates.png", *serving}
 
     module, preprocessor = ple_search.load_trained(out)
     assert ple_search.build_module(ple_search.load_config(out / "config.yaml")).schema == module.schema

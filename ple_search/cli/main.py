@@ -224,6 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
     _accelerator_arg(confirm)
     _tracking_args(confirm)
 
+    explain = sub.add_parser("explain", help="what a trained model's gates do: each task's weight on each expert")
+    explain.add_argument("--model", required=True, help="folder written by `ple-search train`")
+    explain.add_argument("--format", default="table", choices=["table", "json"])
+
     init = sub.add_parser("init", help="read a table and write a dataset spec and a search space for it")
     init.add_argument("--table", required=True, help="CSV or Parquet file, one row per example")
     init.add_argument("--tasks", required=True, type=_names, help="the label columns, e.g. click,purchase")
@@ -376,6 +380,37 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     from ple_search.study.record import count_finished
 
     err.print(f"{count_finished(study)}/{request.trials} trials finished by {request.jobs} workers. {_pareto_hint(request)}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from rich.table import Table
+
+    from ple_search.core.errors import ConfigError
+    from ple_search.serve.gates import GATES, table
+
+    path = Path(args.model) / GATES
+    if not Path(args.model).is_dir():
+        raise ConfigError(f"--model {args.model}: no such folder; name a folder written by `ple-search train`")
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; `ple-search train` writes it for models with gates (retrain a folder from before it did)")
+    try:
+        report = json.loads(path.read_text())
+        header, rows = table(report)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path}: damaged or not a ple-search gates file ({type(exc).__name__}: {exc}); retrain the model") from None
+    if args.format == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return 0
+    shown = Table(*header, title=f"mean gate weight per expert on the {report['split']} split ({report['rows']:,} rows)")
+    for row in rows:
+        shown.add_row(*row)
+    out.print(shown)
+    for level in report["levels"]:
+        shares = ", ".join(f"{task} {gate['shared_share']:.0%}" for task, gate in level["tasks"].items())
+        err.print(f"level {level['level']}: shared experts take {shares} of the task gates' weight")
     return 0
 
 
@@ -602,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _guarded(lambda: cmd_run(args, argv), interruptible=True)
     commands = {
         "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
-        "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm, "init": cmd_init,
+        "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm, "init": cmd_init, "explain": cmd_explain,
     }  # fmt: skip
     return _guarded(lambda: commands[args.command](args))
 

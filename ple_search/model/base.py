@@ -34,5 +34,11 @@ class MultiTaskModel(nn.Module):
         that is shared (GradNorm measures gradient norms there); None if there is none."""
         return None
 
+    def gate_usage(self, x: Tensor) -> list[dict[str, Tensor | None]] | None:
+        """Per level, the mean weight each task's gate (``"task"``: ``[T, E_task]``) and the
+        shared gate (``"shared"``: ``[E]``) give each expert over the rows of ``x``, in the order
+        ``model.gates`` names them; None for an architecture without gates."""
+        return None
+
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - the interface
         raise NotImplementedError

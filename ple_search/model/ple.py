@@ -251,6 +251,22 @@ class PLE(MultiTaskModel):
             return last.expert_in.weight, slice(last.num_tasks * last.experts_per_task * last.hidden, None)
         return last.shared_expert_in.weight, slice(None)
 
+    @torch.no_grad()
+    def gate_usage(self, x: Tensor) -> list[dict[str, Tensor | None]]:
+        """Per level, the mean weight each task's gate gives each expert it mixes (its P task
+        experts, then the S shared ones) ``[T, P+S]``, and the shared gate's ``[T*P+S]``, over the
+        rows of ``x``: the PLE paper's expert utilisation. None where a level has no such gate
+        (a single expert is taken whole)."""
+        usage = []
+        task_in, shared_in = None, x
+        for level in self.levels:
+            task_logits, shared_logits = level._gate_logits(task_in, shared_in)
+            task = level._gate(task_logits, level.task_gates)[..., 0].mean(-1) if level.task_gate_size else None
+            shared = level._gate(shared_logits.unsqueeze(0), level.shared_gate)[0, ..., 0].mean(-1) if level.shared_gate_size else None
+            usage.append({"task": task, "shared": shared})
+            task_in, shared_in = level(task_in, shared_in)
+        return usage
+
     def forward(self, x: Tensor) -> Tensor:
         task_in, shared_in = None, x
         for level in self.levels:

@@ -5,7 +5,9 @@
 * ``seed-N/best.ckpt``: the best-validation Lightning checkpoint of each seed,
 * ``metrics.json``: validation and test metrics per seed, their mean and std, the best seed,
 * ``config.yaml``: the config as trained, ``preprocessor.json``: schema and fitted preprocessing
-  (plain JSON, no pickle), ``model.pt``: TorchScript of the best seed, ``(cat, num) -> outputs``.
+  (plain JSON, no pickle), ``model.pt``: TorchScript of the best seed, ``(cat, num) -> outputs``,
+* ``gates.json`` and ``gates.png``: each task's mean gate weight on each expert per level on the
+  test split (``serve.gates``; ``ple-search explain`` shows it).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ple_search.serve.exported import write_config
 from ple_search.core.files import follow_umask, fsync_path, fsync_tree, strict_json
 from ple_search.train.module import PLEModule
 from ple_search.train.metrics import summarize
+from ple_search.serve import gates
 from ple_search.serve.engines import Engine, engine, export_onnx, onnx_available, torchscript
 from ple_search.train.engine import EpochHook, SeedRun, TrialSettings, score, train_on_seeds
 
@@ -102,6 +105,10 @@ def train(
         torchscript(best.module, example).save(str(work / SCRIPTED))
         if onnx_available():  # the serve extra; without it model.pt is the serving graph
             export_onnx(best.module, work / ONNX, example)
+        usage = gates.measure(best.module, dataset.test)  # what the best seed's gates do on test
+        if usage is not None:
+            (work / gates.GATES).write_text(strict_json(usage, indent=2))
+            gates.plot(usage, work / gates.GATES_PLOT)
         val_mean, val_std = summarize([r["val"] for r in runs.values()])
         test_mean, test_std = summarize([r["test"] for r in runs.values()])
         metrics = {

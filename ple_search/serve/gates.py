@@ -1,0 +1,91 @@
+"""What the gates do: each task's mean gate weight on each expert per level, over a split, and
+the share that goes to shared experts (the PLE paper's expert-utilisation analysis). ``train``
+writes it as ``gates.json`` and ``gates.png``; ``ple-search explain --model DIR`` shows it.
+Torch loads only inside ``measure``: reading and showing a ``gates.json`` needs none."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ple_search.data.dataset import Split
+    from ple_search.train.module import PLEModule
+
+GATES, GATES_PLOT = "gates.json", "gates.png"
+CHUNK = 32_768
+
+
+def _expert_names(tasks: list[str], p: int, s: int, task: int | None) -> list[str]:
+    """The experts a gate mixes: task ``task``'s own then the shared (a task gate), or every
+    task's then the shared (``task`` None: the shared gate)."""
+    own = [f"{tasks[task]}/{j}" for j in range(p)] if task is not None else [f"{name}/{j}" for name in tasks for j in range(p)]
+    return own + [f"shared/{j}" for j in range(s)]
+
+
+def measure(module: PLEModule, split: Split, split_name: str = "test") -> dict[str, Any] | None:
+    """The gate report of ``module`` on ``split`` (None for an architecture without gates)."""
+    import torch
+
+    model = module.model
+    tasks = module.schema.task_names
+    module.eval()
+    sums: list[dict[str, Any]] | None = None
+    rows = len(split)
+    with torch.no_grad():
+        for start in range(0, rows, CHUNK):
+            cat, num = split.cat[start : start + CHUNK].long(), split.num[start : start + CHUNK]
+            usage = model.gate_usage(module.encoder(cat, num))
+            if usage is None:
+                return None
+            share = len(cat) / rows
+            part = [{k: None if v is None else v * share for k, v in level.items()} for level in usage]
+            sums = part if sums is None else [{k: None if a[k] is None else a[k] + b[k] for k in a} for a, b in zip(sums, part)]
+    levels = []
+    for i, (level, block) in enumerate(zip(sums or [], model.levels), start=1):
+        p, s = block.experts_per_task, block.shared_experts
+        entry: dict[str, Any] = {"level": i, "tasks": {}, "shared_gate": None}
+        for k, name in enumerate(tasks):
+            names = _expert_names(tasks, p, s, k)
+            weights = [float(w) for w in level["task"][k]] if level["task"] is not None else [1.0] * len(names)
+            entry["tasks"][name] = {"experts": dict(zip(names, weights)), "shared_share": float(sum(weights[p:]))}
+        if level["shared"] is not None:
+            entry["shared_gate"] = dict(zip(_expert_names(tasks, p, s, None), (float(w) for w in level["shared"])))
+        levels.append(entry)
+    return {"split": split_name, "rows": rows, "levels": levels}
+
+
+def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Header and rows: one row per level and task, its weight on each expert and the shared share."""
+    experts = list(dict.fromkeys(name for level in report["levels"] for t in level["tasks"].values() for name in t["experts"]))
+    header = ["level", "gate", *experts, "shared share"]
+    rows = []
+    for level in report["levels"]:
+        for task, gate in level["tasks"].items():
+            rows.append([str(level["level"]), task, *(f"{gate['experts'][e]:.3f}" if e in gate["experts"] else "" for e in experts), f"{gate['shared_share']:.3f}"])
+        if level["shared_gate"]:
+            rows.append([str(level["level"]), "shared gate", *(f"{level['shared_gate'].get(e, 0.0):.3f}" if e in level["shared_gate"] else "" for e in experts), ""])
+    return header, rows
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    """One heat map per level: rows are the task gates, columns the experts, cells the mean weight."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    levels = report["levels"]
+    figure, axes = plt.subplots(1, len(levels), figsize=(4.5 * len(levels), 3.2), squeeze=False)
+    for ax, level in zip(axes[0], levels):
+        names = list(dict.fromkeys(e for gate in level["tasks"].values() for e in gate["experts"]))
+        grid = np.array([[gate["experts"].get(e, np.nan) for e in names] for gate in level["tasks"].values()])
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=7)
+        ax.set_yticks(range(len(level["tasks"])), list(level["tasks"]))
+        ax.set_title(f"level {level['level']}: mean gate weight ({report['split']})", fontsize=9)
+        figure.colorbar(image, ax=ax, fraction=0.046)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
