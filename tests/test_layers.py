@@ -324,3 +324,4 @@ def test_a_default_run_with_many_small_trials_runs_one_worker_per_core(tmp_path)
     cores = __import__("os").cpu_count()
     assert f"threads: 1 per trial x {cores} jobs (8 trials to share: one trial per core; --threads N overrides)" in run.stderr
     assert f"8/8 trials finished by {cores} workers" in run.stderr
+    assert "[I " not in run.stderr and "Trial 0 finished" not in run.stderr  # no library log lines from the workers

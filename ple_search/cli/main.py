@@ -318,6 +318,16 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     return 0
 
 
+def _prepare_quietly(request) -> dict:
+    """``study.run.prepare_run`` in the forked process that prepares a --jobs run, with Optuna's
+    log lines and warnings off there too (that process starts from the fork server, not from us)."""
+    from ple_search.cli.progress import quiet_libraries
+    from ple_search.study.run import prepare_run
+
+    quiet_libraries()
+    return prepare_run(request)
+
+
 def _auto_jobs(request) -> int:
     """Workers to try without --jobs/--threads: counts the study's finished trials (torch-free)."""
     from ple_search.study.record import count_finished
@@ -356,10 +366,9 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     it; this process only shows their progress and recovers dead workers' trials."""
     from ple_search.cli.progress import WorkersReporter
     from ple_search.study.parallel import call_forked, run_workers
-    from ple_search.study.run import prepare_run
     from ple_search.study.storage import load_study, open_storage
 
-    prepared = call_forked(prepare_run, request)
+    prepared = call_forked(_prepare_quietly, request)
     for line in prepared["lines"]:
         err.print(line)
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
@@ -673,8 +682,11 @@ def worker_main(request) -> int:
     """A ``--jobs`` worker (``study.parallel``): its ``RunRequest`` run in this process, with the
     consoles made again (this module may have been imported before the worker's stderr became
     its pipe to the parent) and Ctrl-C/SIGTERM handled as in ``run``."""
+    from ple_search.cli.progress import quiet_libraries
+
     global err, out
     err, out = _consoles()
+    quiet_libraries()  # the worker's own process: Optuna's per-trial log lines would reach the parent's display
     return _guarded(lambda: _run_one(request, None), interruptible=True)
 
 
