@@ -105,7 +105,23 @@ PLE = Architecture(
     valid=_ple_valid,
 )
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (PLE,)}
+# --- Cross-stitch networks (Misra et al., CVPR 2016): a column per task, mixed after every layer ---
+
+
+def _no_check(config: "PLEConfig") -> None:
+    """Widths, dropout and activation are checked for every architecture by ``PLEConfig``."""
+
+
+CROSS_STITCH = Architecture(
+    name="cross_stitch",
+    network="ple_search.model.cross_stitch:CrossStitch",
+    keys=("expert_hidden", "tower_hidden", "dropout", "activation"),
+    check=_no_check,
+    family=lambda hp, num_tasks: "Single" if num_tasks == 1 else "CrossStitch",
+    shape=lambda hp, num_tasks: f"{num_tasks}x{_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}",
+)
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (PLE, CROSS_STITCH)}
 
 
 def architecture_of(hp: Mapping[str, Any]) -> Architecture:

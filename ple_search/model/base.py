@@ -34,6 +34,11 @@ class MultiTaskModel(nn.Module):
         that is shared (GradNorm measures gradient norms there); None if there is none."""
         return None
 
+    def extra_multiply_adds(self) -> int:
+        """Multiply-adds per sample that are not one use of a ``weight`` matrix (the ``flops``
+        measure counts those itself), e.g. a mixing matrix applied to every unit; 0 by default."""
+        return 0
+
     def gate_usage(self, x: Tensor) -> list[dict[str, Tensor | None]] | None:
         """Per level, the mean weight each task's gate (``"task"``: ``[T, E_task]``) and the
         shared gate (``"shared"``: ``[E]``) give each expert over the rows of ``x``, in the order

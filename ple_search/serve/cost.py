@@ -117,7 +117,7 @@ class Flops(Measure):
     help = "only trials with at most N multiply-adds per sample"
 
     def measure(self, module: PLEModule, serving: Serving) -> dict[str, Any]:
-        return {"flops": dense_multiply_adds(module.model)}
+        return {"flops": dense_multiply_adds(module.model) + module.model.extra_multiply_adds()}
 
     def cell(self, cost: Mapping[str, Any]) -> str:
         return f"{cost['flops'] / 1e6:.4f}" if "flops" in cost else "-"
