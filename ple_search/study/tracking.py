@@ -135,7 +135,7 @@ class MLflowTracker:
                             curve=attrs.get(VAL_CURVE) or [], metrics=metrics, tags=tags, status=status)  # fmt: skip
 
     def log_seeds(self, role: str, hparams: Mapping[str, Any], runs: Sequence[Any], extra_tags: Mapping[str, Any] | None = None) -> list[str]:
-        """The seed runs of ``train`` or ``confirm`` (``objective.SeedRun``s)."""
+        """The seed runs of ``train`` or ``confirm`` (``train.engine.SeedRun``s)."""
         ids = []
         for run in runs:
             metrics = {**{f"val_best/{k}": v for k, v in run.val.items()}, **{f"test/{k}": v for k, v in run.test.items()}}
