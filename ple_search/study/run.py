@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -104,7 +105,6 @@ def preflight(request: RunRequest, space: "SearchSpace", dataset: "Dataset") -> 
     graph latency is measured on (its engine, extra and batch). Each is one ``ConfigError``
     naming the flag or key; nothing is left in the storage."""
     import importlib.util
-    from pathlib import Path
 
     from ple_search.core.errors import ConfigError
 
@@ -173,8 +173,9 @@ def auto_jobs(request: RunRequest, finished: int, cores: int | None = None) -> i
     models workers scale about linearly where intra-op threads do not, ``bench/threads.py``),
     else one (whose threads ``choose_threads`` measures)."""
     cores = cores or os.cpu_count() or 1
-    if not request.auto_jobs or request.accelerator == "gpu" or cores < 2 or request.trials - finished < AMORTISE * cores:
-        return 1
+    gpu = request.accelerator == "gpu" or (request.accelerator == "auto" and any(Path("/dev").glob("nvidia[0-9]*")))
+    if not request.auto_jobs or gpu or cores < 2 or request.trials - finished < AMORTISE * cores:
+        return 1  # GPU trials: one process per device is the user's choice (--jobs, --devices)
     return cores
 
 
