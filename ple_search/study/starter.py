@@ -12,6 +12,7 @@ by time. The epoch budget and the number of trials come from one measured epoch 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ CODE_LIMIT = 30  # integers with at most this many values are codes (categorical
 HEAVY_TAIL_SKEW = 2.0
 POSITIVE = ("1", "1.0", "true", "yes", "y", "t", "positive", "pos", "clicked", "bought")
 FRACTIONS = [0.8, 0.1, 0.1]
+TRIAL_OVERHEAD = 1.0  # seconds a trial spends outside its epochs (trainer, cost, storage), measured ~0.5-1 s here
 
 
 @dataclass
@@ -233,12 +235,15 @@ def size_budget(result: Plan, spec_path: Path, hours: float) -> None:
     epoch = step_seconds(module, dataset.train, 1) * batches * 1.2  # +20%: validation and bookkeeping
     seconds = hours * 3600
     epochs = 10 if epoch * 10 <= seconds / 30 else max(3, int(seconds / 30 / epoch))
-    trials = int(min(max(seconds / (epoch * epochs * 0.5), 10), 500))
+    workers = os.cpu_count() or 1  # `run` without --jobs shares many trials out, one per core
+    trial = epoch * epochs * 0.5 + TRIAL_OVERHEAD
+    trials = int(min(max(seconds * workers / trial, 10), 500))
     result.space["budget"] = {"max_epochs": epochs, "patience": 2}
     result.trials = trials
     result.decisions.append(
         f"budget: {epochs} epochs per trial, {trials} trials (one epoch measured at {epoch:.2f} s on "
-        f"{len(dataset.train):,} training rows; {hours:g} h with MO-ASHA stopping about half the epochs)"
+        f"{len(dataset.train):,} training rows; {hours:g} h on {workers} cores, MO-ASHA stopping about half "
+        f"the epochs, {TRIAL_OVERHEAD:g} s per trial for its set-up)"
     )
 
 
