@@ -7,9 +7,28 @@ plus its entry in ``model.architectures.ARCHITECTURES`` and its test.
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Any, Iterator
 
 from torch import Tensor, nn
+
+
+def network_config(name: str, label: str, input_dim: int, num_tasks: int, config: Any, hparams: dict[str, Any]) -> Any:
+    """The validated ``PLEConfig`` a network is built from: ``config`` as given (what ``PLEModule``
+    passes, parsed once), else ``hparams`` (only architecture ``name``'s keys, a ``ConfigError``
+    naming the first other) over the defaults."""
+    from ple_search.core.errors import ConfigError
+    from ple_search.model.architectures import ARCHITECTURES
+    from ple_search.model.hparams import PLEConfig, check_int
+
+    check_int("input_dim", input_dim, 1)
+    check_int("num_tasks", num_tasks, 1)
+    if config is not None:
+        return config
+    keys = ARCHITECTURES[name].keys
+    unknown = sorted(set(hparams) - set(keys))
+    if unknown:
+        raise ConfigError(f"unknown hyperparameter '{unknown[0]}': {label} takes {', '.join(keys)}")
+    return PLEConfig.from_dict({**hparams, "architecture": name})
 
 
 class MultiTaskModel(nn.Module):

@@ -15,9 +15,8 @@ from typing import Any, Iterator
 import torch
 from torch import Tensor, nn
 
-from ple_search.core.errors import ConfigError
-from ple_search.model.base import MultiTaskModel
-from ple_search.model.hparams import PLEConfig, check_int
+from ple_search.model.base import MultiTaskModel, network_config
+from ple_search.model.hparams import PLEConfig
 from ple_search.model.layers import GroupedLinear, GroupedMLP, make_activation
 
 SELF_WEIGHT = 0.9
@@ -43,16 +42,7 @@ class CrossStitch(MultiTaskModel):
 
     def __init__(self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, **hparams: Any) -> None:
         super().__init__()
-        check_int("input_dim", input_dim, 1)
-        check_int("num_tasks", num_tasks, 1)
-        if config is None:
-            from ple_search.model.architectures import ARCHITECTURES
-
-            keys = ARCHITECTURES["cross_stitch"].keys
-            unknown = sorted(set(hparams) - set(keys))
-            if unknown:
-                raise ConfigError(f"unknown hyperparameter '{unknown[0]}': cross_stitch takes {', '.join(keys)}")
-            config = PLEConfig.from_dict({**hparams, "architecture": "cross_stitch"})
+        config = network_config("cross_stitch", "cross_stitch", input_dim, num_tasks, config, hparams)
         self.input_dim, self.num_tasks = input_dim, num_tasks
         widths = [input_dim, *config.expert_hidden]
         self.columns = nn.ModuleList(GroupedLinear(num_tasks, a, b) for a, b in zip(widths[:-1], widths[1:]))

@@ -16,9 +16,8 @@ from typing import Any, Iterator, Sequence
 import torch
 from torch import Tensor, nn
 
-from ple_search.core.errors import ConfigError
-from ple_search.model.base import MultiTaskModel
-from ple_search.model.hparams import PLEConfig, check_int
+from ple_search.model.base import MultiTaskModel, network_config
+from ple_search.model.hparams import PLEConfig
 from ple_search.model.layers import CrossStack, DenseLinear, GroupedLinear, GroupedMLP, make_activation
 
 class Level(nn.Module):
@@ -196,16 +195,7 @@ class PLE(MultiTaskModel):
                 ``expert_hidden``, ``gate_hidden``, ``tower_hidden``, ``dropout``, ``activation``.
         """
         super().__init__()
-        check_int("input_dim", input_dim, 1)
-        check_int("num_tasks", num_tasks, 1)
-        if config is None:
-            from ple_search.model.architectures import ARCHITECTURES
-
-            keys = ARCHITECTURES["ple"].keys
-            unknown = sorted(set(hparams) - set(keys))
-            if unknown:
-                raise ConfigError(f"unknown hyperparameter '{unknown[0]}': PLE takes {', '.join(keys)}")
-            config = PLEConfig.from_dict(hparams)
+        config = network_config("ple", "PLE", input_dim, num_tasks, config, hparams)
         levels, experts_per_task, shared_experts = config.levels, config.experts_per_task, config.shared_experts
         expert_hidden, gate_hidden, tower_hidden = config.expert_hidden, config.gate_hidden, config.tower_hidden
         activation, dropout = config.activation, config.dropout
