@@ -127,17 +127,20 @@ def _split_spec(path: Path, split: Any) -> dict[str, Any]:
     if isinstance(split, dict) and "column" in split:
         return {"column": str(split["column"])}
     if isinstance(split, dict) and "time" in split:
-        fractions = split.get("fractions", [0.8, 0.1, 0.1])
-        if not isinstance(fractions, list) or len(fractions) != 3 or any(not isinstance(f, (int, float)) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-            raise DataError(f"{path}: split.fractions must be [train, val, test] of positive numbers summing to 1")
-        return {"time": str(split["time"]), "fractions": [float(f) for f in fractions]}
-    fractions = split.get("fractions") if isinstance(split, dict) else None
+        wrong = f"{path}: split.fractions must be [train, val, test] of positive numbers summing to 1"
+        return {"time": str(split["time"]), "fractions": _fractions(split.get("fractions", [0.8, 0.1, 0.1]), wrong)}
+    wrong = f"{path}: split must be {{column: NAME}}, {{time: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1"
+    return {"fractions": _fractions(split.get("fractions") if isinstance(split, dict) else None, wrong), "seed": int(split.get("seed", 0))}
+
+
+def _fractions(fractions: Any, wrong: str) -> list[float]:
+    """Three positive numbers summing to 1, or the ``DataError`` ``wrong``."""
     if (
         not isinstance(fractions, list) or len(fractions) != 3
         or any(not isinstance(f, (int, float)) or f <= 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6
     ):  # fmt: skip
-        raise DataError(f"{path}: split must be {{column: NAME}}, {{time: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1")
-    return {"fractions": [float(f) for f in fractions], "seed": int(split.get("seed", 0))}
+        raise DataError(wrong)
+    return [float(f) for f in fractions]
 
 
 def read_table(file: Path, fmt: str) -> pd.DataFrame:
@@ -213,10 +216,16 @@ def _label_mapping(task: Mapping[str, Any]) -> dict[str, float]:
 
 def _fraction_rows(rows: int, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Rows of each split for ``{fractions, seed}``: a seeded permutation cut by the fractions."""
-    order = np.random.default_rng(split["seed"]).permutation(rows)
+    return _cut(np.random.default_rng(split["seed"]).permutation(rows), split["fractions"])
+
+
+def _cut(order: np.ndarray, fractions: list[float]) -> dict[str, np.ndarray]:
+    """``order`` (row numbers) cut into the splits by ``fractions``, as int32 where the rows fit:
+    half the memory of the row lists, same rows."""
+    rows = len(order)
     if rows < 2**31:
-        order = order.astype(np.int32)  # half the memory of the row lists, same rows
-    cuts = np.cumsum([int(round(f * rows)) for f in split["fractions"][:2]])
+        order = order.astype(np.int32)
+    cuts = np.cumsum([int(round(f * rows)) for f in fractions[:2]])
     return dict(zip(SPLITS, np.split(order, cuts)))
 
 
@@ -239,10 +248,7 @@ def time_order(values: pd.Series, file: Path, column: str) -> np.ndarray:
 def _time_rows(order: np.ndarray, split: Mapping[str, Any]) -> dict[str, np.ndarray]:
     """Rows of each split for ``{time, fractions}``: the earliest rows train, then validation, the
     latest test, each in file order (a model is validated and tested on a future it never saw)."""
-    rows = len(order)
-    cuts = np.cumsum([int(round(f * rows)) for f in split["fractions"][:2]])
-    dtype = np.int32 if rows < 2**31 else np.int64
-    return dict(zip(SPLITS, (np.sort(part).astype(dtype) for part in np.split(order, cuts))))
+    return {name: np.sort(part) for name, part in _cut(order, split["fractions"]).items()}
 
 
 def _read_time_column(file: Path, fmt: str, column: str) -> pd.Series:
