@@ -30,7 +30,7 @@ def measure(module: PLEModule, split: Split, split_name: str = "test") -> dict[s
     model = module.model
     tasks = module.schema.task_names
     module.eval()
-    sums: list[dict[str, Any]] | None = None
+    sums: list[dict[str, Any]] = []  # per level, the row-weighted mean over the chunks
     rows = len(split)
     with torch.no_grad():
         for start in range(0, rows, CHUNK):
@@ -39,10 +39,14 @@ def measure(module: PLEModule, split: Split, split_name: str = "test") -> dict[s
             if usage is None:
                 return None
             share = len(cat) / rows
-            part = [{k: None if v is None else v * share for k, v in level.items()} for level in usage]
-            sums = part if sums is None else [{k: None if a[k] is None else a[k] + b[k] for k in a} for a, b in zip(sums, part)]
+            if not sums:
+                sums = [dict.fromkeys(level) for level in usage]
+            for total, level in zip(sums, usage):
+                for key, value in level.items():
+                    if value is not None:
+                        total[key] = value * share if total[key] is None else total[key] + value * share
     levels = []
-    for i, (level, block) in enumerate(zip(sums or [], model.levels), start=1):
+    for i, (level, block) in enumerate(zip(sums, model.levels), start=1):
         p, s = block.experts_per_task, block.shared_experts
         entry: dict[str, Any] = {"level": i, "tasks": {}, "shared_gate": None}
         for k, name in enumerate(tasks):
