@@ -161,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
     _accelerator_arg(run)
     run.add_argument("--threads", type=COUNT, help="torch threads per trial (default: one, more where a measured training step shows they pay)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
-    run.add_argument("--jobs", type=COUNT, help="worker processes on this machine sharing the study (default: one per core where a measured training step shows threads do not pay and trials are many, else 1)")
+    run.add_argument("--jobs", type=COUNT, help="worker processes on this machine sharing the study (default: one per core, one thread each, on a CPU run with at least 4 trials per core to share, else 1)")
     run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
@@ -332,9 +332,7 @@ def _auto_jobs(request) -> int:
     """Workers to try without --jobs/--threads: counts the study's finished trials (torch-free)."""
     from ple_search.study.record import count_finished
     from ple_search.study.run import auto_jobs
-    from ple_search.study.storage import load_study, open_storage
-
-    from ple_search.study.storage import local_files
+    from ple_search.study.storage import load_study, local_files, open_storage
 
     finished = 0
     if auto_jobs(request, 0) > 1 and not local_files(request.storage):  # a storage that exists: its trials count

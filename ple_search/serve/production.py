@@ -188,8 +188,10 @@ def load_engine(out_dir: str | Path, name: str, module: PLEModule) -> Engine:
             return engine(name, module, scripted=torch.jit.load(str(out_dir / SCRIPTED), map_location="cpu"))
     if name == "onnx" and not (out_dir / ONNX).is_file():
         raise ConfigError(f"{out_dir}: no {ONNX}; it is written by `ple-search train` when the serve extra is installed (pip install 'ple-search[serve]')")
+    if name == "eager":
+        return engine(name, module)
     with _damaged(out_dir / ONNX, "ONNX model", f"{RETRAIN}, {other}"):
-        return engine(name, module, onnx_path=out_dir / ONNX if name == "onnx" else None)
+        return engine(name, module, onnx_path=out_dir / ONNX)
 
 
 @torch.no_grad()

@@ -210,8 +210,8 @@ def threads_line(threads: int, jobs: int, why: str) -> str:
 
 def prepare_run(request: RunRequest) -> dict[str, Any]:
     """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
-    (``parallel.call_forked``): the study created or checked, the lines to print, the jobs and each
-    worker's threads (without ``--jobs``/``--threads``: one worker per core, one thread each) and the
+    (``parallel.call_forked``): the study created or checked, the lines to print, each worker's
+    threads (without ``--jobs``/``--threads``: one, as workers were started one per core) and the
     GPUs the workers may use. Returns ``{"lines", "threads", "gpus"}``."""
     lines: list[str] = []
     opened = open_run(request, lines.append)

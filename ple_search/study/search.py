@@ -104,13 +104,18 @@ def open_study(
             "space": space.raw,
             "space_file": space.path,
             "objectives": names,
-            "metrics": [t.metric for t in tasks] + space.cost_objectives,
+            "metrics": _metrics(space, dataset),
             "reference_point": reference or reference_point(dataset, [t.name for t in tasks]) + cost_reference(space, dataset),
             "budget": space.budget,
         })  # fmt: skip
         for config in space.enqueue:
             study.enqueue_trial(space.enqueue_params(config), skip_if_exists=True)
     return study
+
+
+def _metrics(space: SearchSpace, dataset: Dataset) -> list[str]:
+    """What each objective measures: the tasks' metrics, then the cost keys."""
+    return [t.metric for t in objectives_of(space, dataset)] + space.cost_objectives
 
 
 def _model_cost(space: SearchSpace, dataset: Dataset, largest: bool) -> dict[str, Any]:
@@ -186,16 +191,15 @@ def incomparable_changes(meta: Mapping[str, Any], space: SearchSpace, dataset: D
     metric, serving settings for a study that measures latency, or data preprocessed differently
     (vocabularies, numeric bin edges, label scaling). No flag continues through these."""
     changes = []
-    tasks = objectives_of(space, dataset)
-    metrics = [t.metric for t in tasks] + space.cost_objectives
+    metrics = _metrics(space, dataset)
     if meta.get("metrics") and meta["metrics"] != metrics:
         changes.append(f"metrics {meta['metrics']} -> {metrics}")
     old_serving, new_serving = meta["space"].get("serving"), space.raw.get("serving")
     if old_serving != new_serving and "latency" in space.cost_measures():
         changes.append(f"serving {old_serving!r} -> {new_serving!r} (latencies measured differently)")
-    stored = meta.get("schema")
-    if stored is not None and stored != dataset.schema.to_dict():
-        what = [k for k in sorted(set(stored) | set(dataset.schema.to_dict())) if stored.get(k) != dataset.schema.to_dict().get(k)]
+    stored, now = meta.get("schema"), dataset.schema.to_dict()
+    if stored is not None and stored != now:
+        what = [k for k in sorted(set(stored) | set(now)) if stored.get(k) != now.get(k)]
         changes.append(f"the data's preprocessing ({', '.join(what)}) differs from when the study was created")
     return changes
 
