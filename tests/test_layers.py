@@ -241,7 +241,7 @@ def test_ple_is_one_entry_of_the_architecture_registry_and_builds_through_it():
     from ple_search.model.hparams import PLEConfig
     from ple_search.model.ple import PLE
 
-    assert list(ARCHITECTURES) == ["ple", "cross_stitch"] and ARCHITECTURES["ple"].model_class() is PLE
+    assert list(ARCHITECTURES) == ["ple", "cross_stitch", "adatt"] and ARCHITECTURES["ple"].model_class() is PLE
     config = PLEConfig.from_dict({"levels": 1, "expert_hidden": [8]})
     model = build(config, 6, 2)
     assert isinstance(model, MultiTaskModel) and model(torch.randn(4, 6)).shape == (4, 2)
@@ -253,7 +253,7 @@ def test_an_unknown_architecture_is_one_line_naming_the_key():
     from ple_search.core.errors import ConfigError
     from ple_search.model.hparams import PLEConfig
 
-    with pytest.raises(ConfigError, match="hyperparameter 'architecture' = 'dcn' is invalid: must be one of \\['cross_stitch', 'ple'\\]"):
+    with pytest.raises(ConfigError, match="hyperparameter 'architecture' = 'dcn' is invalid: must be one of \\['adatt', 'cross_stitch', 'ple'\\]"):
         PLEConfig.from_dict({"architecture": "dcn"})
 
 

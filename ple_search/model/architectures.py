@@ -79,11 +79,21 @@ def _ple_family(hp: Mapping[str, Any], num_tasks: int) -> str:
     return "CGC" if levels == 1 else "PLE"
 
 
-def _ple_shape(hp: Mapping[str, Any], num_tasks: int) -> str:
-    cross = ""
+SHARING_CELLS = {"shared": "", "task_specific": "emb:task ", "shared_and_specific": "emb:stem "}
+
+
+def _expert_cell(hp: Mapping[str, Any]) -> str:
+    """Expert type, gate and embedding sharing where not the defaults, e.g. ``cross2r8 dselect2 emb:stem ``."""
+    cell = ""
     if hp.get("expert_type", "mlp") == "cross":
-        cross = f"cross{hp['cross_layers']}{'r' + str(hp['cross_rank']) if hp['cross_rank'] else ''} "
-    return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {cross}{_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
+        cell += f"cross{hp['cross_layers']}{'r' + str(hp['cross_rank']) if hp['cross_rank'] else ''} "
+    if hp.get("gate_type", "softmax") == "dselect_k":
+        cell += f"dselect{hp['gate_k']} "
+    return cell + SHARING_CELLS[hp.get("embedding_sharing", "shared")]
+
+
+def _ple_shape(hp: Mapping[str, Any], num_tasks: int) -> str:
+    return f"L{hp['levels']} {hp['experts_per_task']}x{num_tasks}+{hp['shared_experts']} {_expert_cell(hp)}{_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}"
 
 
 def _ple_valid(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
@@ -92,13 +102,15 @@ def _ple_valid(values: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str,
     return values
 
 
+EXPERT_KEYS = (
+    "levels", "experts_per_task", "shared_experts", "expert_type", "cross_layers", "cross_rank", "expert_hidden", "gate_type", "gate_k",
+    "gate_hidden", "embedding_sharing", "tower_hidden", "dropout", "activation",
+)  # fmt: skip
+
 PLE = Architecture(
     name="ple",
     network="ple_search.model.ple:PLE",
-    keys=(
-        "levels", "experts_per_task", "shared_experts", "expert_type", "cross_layers", "cross_rank", "expert_hidden", "gate_hidden",
-        "tower_hidden", "dropout", "activation",
-    ),  # fmt: skip
+    keys=EXPERT_KEYS,
     check=_ple_check,
     family=_ple_family,
     shape=_ple_shape,
@@ -121,7 +133,20 @@ CROSS_STITCH = Architecture(
     shape=lambda hp, num_tasks: f"{num_tasks}x{_widths(hp['expert_hidden'])} t{_widths(hp['tower_hidden'])}",
 )
 
-ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (PLE, CROSS_STITCH)}
+# --- AdaTT (Li et al., KDD 2023): task-specific and shared experts, every task fusing all of them ---
+
+
+ADATT = Architecture(
+    name="adatt",
+    network="ple_search.model.adatt:AdaTT",
+    keys=EXPERT_KEYS,
+    check=_ple_check,
+    family=lambda hp, num_tasks: "Single" if num_tasks == 1 else "AdaTT",
+    shape=_ple_shape,
+    valid=_ple_valid,
+)
+
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (PLE, CROSS_STITCH, ADATT)}
 
 
 def architecture_of(hp: Mapping[str, Any]) -> Architecture:
@@ -135,6 +160,13 @@ def describe(hp: Mapping[str, Any], num_tasks: int) -> str:
     encoding = hp.get("numeric_encoding", "standard")
     encoding = "" if encoding == "standard" else f"{encoding} "
     return f"{architecture_of(hp).describe(hp, num_tasks)} {encoding}{hp['loss_weighting']}"
+
+
+def embedding_groups(config: "PLEConfig", num_tasks: int) -> int:
+    """How many sets of embedding tables the config's network reads: one, or (an architecture
+    that takes ``embedding_sharing``, set to other than ``shared``) one per task plus the shared set."""
+    takes = "embedding_sharing" in ARCHITECTURES[config.architecture].keys
+    return num_tasks + 1 if takes and config.embedding_sharing != "shared" else 1
 
 
 def build(config: "PLEConfig", input_dim: int, num_tasks: int) -> "MultiTaskModel":

@@ -34,7 +34,8 @@ def network_config(name: str, label: str, input_dim: int, num_tasks: int, config
 class MultiTaskModel(nn.Module):
     """A network over the dense input: ``forward(x [B, D]) -> [B, num_tasks]`` raw outputs (logits
     for binary tasks, standardised values for regression tasks; ``model.head`` turns them into
-    task units and serving outputs).
+    task units and serving outputs). With ``embedding_groups`` > 1 (embedding sharing other than
+    ``shared``) the input is ``[T+1, B, D]``: each task's embeddings, then the shared ones.
 
     Subclasses say which of their parameters every task shares, for the weighting schemes that
     balance gradients there (``shared_parameters``: PCGrad, MGDA, CAGrad, Aligned-MTL, Nash-MTL;
@@ -62,6 +63,17 @@ class MultiTaskModel(nn.Module):
         """Per level, the mean weight each task's gate (``"task"``: ``[T, E_task]``) and the
         shared gate (``"shared"``: ``[E]``) give each expert over the rows of ``x``, in the order
         ``model.gates`` names them; None for an architecture without gates."""
+        return None
+
+    def gate_experts(self) -> list[tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]]:
+        """Per level, the experts each task gate mixes and those the shared gate mixes (None
+        without one), in ``gate_usage``'s order, as ``(owner task index or None for a shared
+        expert, index among its owner's)``."""
+        return []
+
+    def regularization(self) -> Tensor | None:
+        """A term the training loss adds (e.g. DSelect-k's entropy), from the last training
+        forward pass; None for none."""
         return None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - the interface

@@ -73,13 +73,20 @@ class NumericEncoder(nn.Module):
 class FeatureEncoder(nn.Module):
     """Categorical codes through one embedding table (per-feature offsets), concatenated with the
     numeric features as they are (``standard``: ``[B, C*embedding_dim + F]``) or encoded by
-    ``NumericEncoder`` (``[B, (C + F)*embedding_dim]``)."""
+    ``NumericEncoder`` (``[B, (C + F)*embedding_dim]``).
 
-    def __init__(self, vocab_sizes: tuple[int, ...], embedding_dim: int, numeric: NumericEncoder | None = None, num_numeric: int = 0) -> None:
+    ``groups`` > 1 (STEM's embedding sharing): ``groups`` sets of categorical tables, stored as one
+    table ``groups`` times as wide (one lookup for all), and ``[G, B, D]`` out, group g with its
+    own embeddings and the same numeric part; ``out_dim`` is one group's width D."""
+
+    def __init__(
+        self, vocab_sizes: tuple[int, ...], embedding_dim: int, numeric: NumericEncoder | None = None, num_numeric: int = 0, groups: int = 1
+    ) -> None:
         super().__init__()
         offsets = torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)[: len(vocab_sizes)]
         self.register_buffer("offsets", offsets, persistent=False)
-        self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim)
+        self.groups, self.embedding_dim = groups, embedding_dim
+        self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim * groups)
         self.numeric = numeric
         self.out_dim = len(vocab_sizes) * embedding_dim + (num_numeric * embedding_dim if numeric is not None else num_numeric)
         self.has_categorical = bool(vocab_sizes)
@@ -87,7 +94,13 @@ class FeatureEncoder(nn.Module):
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
         if self.numeric is not None:
             num = self.numeric(num)
+        if self.groups == 1:
+            if not self.has_categorical:
+                return num
+            return torch.cat([self.embedding(cat + self.offsets).flatten(1), num], dim=1)
+        g = self.groups
+        numeric = num.expand(g, -1, -1)
         if not self.has_categorical:
-            return num
-        embedded = self.embedding(cat + self.offsets).flatten(1)
-        return torch.cat([embedded, num], dim=1)
+            return numeric
+        embedded = self.embedding(cat + self.offsets).unflatten(-1, (g, self.embedding_dim))  # [B, C, G, d]
+        return torch.cat([embedded.permute(2, 0, 1, 3).flatten(2), numeric], dim=2)  # [G, B, C*d + F']

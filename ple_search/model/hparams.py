@@ -21,6 +21,8 @@ from ple_search.model.checks import _invalid, _number, check_int, check_widths
 
 ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 EXPERT_TYPES = ("mlp", "cross")
+GATE_TYPES = ("softmax", "dselect_k")
+EMBEDDING_SHARING = ("shared", "task_specific", "shared_and_specific")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
@@ -50,7 +52,13 @@ class PLEConfig:
     cross_layers: int = 2  # cross experts: cross layers before the MLP
     cross_rank: int = 0  # cross experts: 0 = full-rank W [d, d]; r >= 1 = low-rank U [d, r] V [r, d]
     expert_hidden: tuple[int, ...] = (16,)  # expert MLP widths
-    gate_hidden: tuple[int, ...] = ()  # gate MLP widths before the softmax
+    gate_type: str = "softmax"  # softmax (per row) | dselect_k (Hazimeh et al., 2021: static, on at most gate_k experts)
+    gate_k: int = 2  # dselect_k: experts a gate may select
+    gate_hidden: tuple[int, ...] = ()  # softmax gates: MLP widths before the softmax
+    # Which embedding tables the experts read (STEM, Su et al., AAAI 2024): one shared set; a set per
+    # task (its experts and gate) plus one for the shared experts; or that and STEM's all-forward
+    # gates (every task's gate mixes every expert, other tasks' experts with their gradient stopped).
+    embedding_sharing: str = "shared"  # shared | task_specific | shared_and_specific
     tower_hidden: tuple[int, ...] = (8,)  # tower MLP widths before the output
     dropout: float = 0.0
     activation: str = "relu"
@@ -123,6 +131,11 @@ class PLEConfig:
             setattr(self, key, check_widths(key, getattr(self, key), allow_empty=key != "expert_hidden"))
         if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
             raise _invalid("dropout", self.dropout, "must be a number in [0, 1)")
+        if self.gate_type not in GATE_TYPES:
+            raise _invalid("gate_type", self.gate_type, f"must be one of {list(GATE_TYPES)}")
+        check_int("gate_k", self.gate_k, 1)
+        if self.embedding_sharing not in EMBEDDING_SHARING:
+            raise _invalid("embedding_sharing", self.embedding_sharing, f"must be one of {list(EMBEDDING_SHARING)}")
         if self.activation not in ACTIVATIONS:
             raise _invalid("activation", self.activation, f"must be one of {sorted(ACTIVATIONS)}")
 

@@ -119,3 +119,74 @@ class CrossStack(nn.Module):
         for layer in self.layers:  # over layers, never over experts: every expert in each bmm
             x = x0 * layer(x) + x
         return x
+
+
+DSELECT_GAMMA = 1.0  # the smooth step's width: exactly 0 below -gamma/2, exactly 1 above gamma/2
+DSELECT_ENTROPY = 0.1  # weight of the selectors' entropy in the training loss (drives them to 0/1)
+# The bits are stored divided by this: their step size under Adam is this times the learning rate,
+# so they reach the saturated ends in tens to hundreds of steps rather than thousands (a static
+# gate has a handful of parameters, each seeing every row).
+DSELECT_SPEED = 8.0
+
+
+def smooth_step(z: Tensor, gamma: float = DSELECT_GAMMA) -> Tensor:
+    """Hazimeh et al.'s smooth step: 0 for ``z <= -gamma/2``, 1 for ``z >= gamma/2``, the cubic
+    ``-2 t^3 + 3/2 t + 1/2`` (``t = z / gamma``) between; continuously differentiable, and exactly
+    binary (zero gradient) once saturated."""
+    t = (z / gamma).clamp(-0.5, 0.5)
+    return (-2 * t**3) + 1.5 * t + 0.5
+
+
+class Gate(nn.Module):
+    """Expert weights (summing to 1 over the ``experts``) for ``groups`` gates.
+
+    ``softmax``: the MMoE/PLE gate, per row, from raw outputs ``[G, B, n]`` computed by the caller.
+    ``dselect_k`` (Hazimeh et al., NeurIPS 2021), static as in the paper's multi-task use: each
+    gate has k selectors, each choosing one of the ``2^m >= n`` binary codes through m learned
+    smooth-step bits (code ``c`` is expert ``c mod n``, so every code is an expert), mixed by a
+    softmax over k learned logits: ``[G, 1, n]`` for every row. Once the bits saturate a gate's
+    weight is on at most k experts. While training it keeps the selectors' entropy
+    (``last_entropy``), which the training loss adds with weight ``DSELECT_ENTROPY`` to drive the
+    bits to 0 or 1."""
+
+    def __init__(self, gate_type: str, experts: int, k: int, groups: int) -> None:
+        super().__init__()
+        self.sparse = gate_type == "dselect_k" and experts > 1
+        self.experts, self.k = experts, k
+        self.last_entropy: Tensor | None = None
+        if self.sparse:
+            self.bits = max(1, math.ceil(math.log2(experts)))
+            codes = torch.arange(2**self.bits)
+            self.register_buffer("codes", ((codes.unsqueeze(-1) >> torch.arange(self.bits)) & 1).float(), persistent=False)  # [2^m, m]
+            self.register_buffer("fold", nn.functional.one_hot(codes % experts, experts).float(), persistent=False)  # [2^m, n]
+            # the bits start inside the smooth region (every code possible), the mixing uniform
+            self.z = nn.Parameter(torch.empty(groups, k, self.bits).uniform_(-DSELECT_GAMMA / 4, DSELECT_GAMMA / 4) / DSELECT_SPEED)
+            self.mixing = nn.Parameter(torch.zeros(groups, k))
+
+    def selectors(self) -> Tensor:
+        """Each selector's weight on each code ``[G, k, 2^m]`` (each row sums to 1)."""
+        step = smooth_step(self.z * DSELECT_SPEED).unsqueeze(-2)  # [G, k, 1, m]
+        return (self.codes * step + (1 - self.codes) * (1 - step)).prod(-1)
+
+    def forward(self, raw: Tensor | None) -> Tensor:
+        if not self.sparse:
+            return torch.softmax(raw, dim=-1)
+        selectors = self.selectors()
+        if self.training:
+            self.last_entropy = -(selectors * torch.log(selectors.clamp_min(1e-9))).sum(-1).sum()
+        weights = (torch.softmax(self.mixing, -1).unsqueeze(-1) * selectors).sum(-2) @ self.fold  # [G, n]
+        return weights.unsqueeze(1)  # [G, 1, n]: the same for every row
+
+
+def mix(weights: Tensor, experts: Tensor, own: Tensor | None = None) -> Tensor:
+    """``sum_e weights[m, e] * experts[e]`` for every mixer m: ``weights [M, E, B, 1]`` (or
+    ``[M, E]`` broadcast over rows), ``experts [E, B, d]`` -> ``[M, B, d]``. With ``own`` (``[M,
+    E]``, 1 where mixer m may train expert e), the other experts enter with their gradient
+    stopped (STEM's all-forward, task-specific-backward): one pass over the detached experts, no
+    loop over mixers."""
+    if weights.dim() == 2:
+        weights = weights[:, :, None, None]
+    if own is None:
+        return (weights * experts).sum(1)
+    own = own[:, :, None, None]
+    return (weights * own * experts).sum(1) + (weights * (1 - own) * experts.detach()).sum(1)

@@ -18,7 +18,13 @@ from torch import Tensor, nn
 
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
-from ple_search.model.layers import CrossStack, DenseLinear, GroupedLinear, GroupedMLP, make_activation
+from ple_search.model.layers import CrossStack, DenseLinear, Gate, GroupedLinear, GroupedMLP, make_activation, mix
+
+
+def _one(logits: Tensor | None) -> Tensor | None:
+    """The shared gate's logits as a group of one (None for a static gate)."""
+    return None if logits is None else logits.unsqueeze(0)
+
 
 class Level(nn.Module):
     """One extraction level: per-task experts, shared experts, task gates and a shared gate.
@@ -48,8 +54,14 @@ class Level(nn.Module):
         shared_input: bool = False,
         cross_layers: int = 0,
         cross_rank: int = 0,
+        gate_type: str = "softmax",
+        gate_k: int = 2,
+        all_forward: bool = False,
     ) -> None:
-        """``cross_layers`` >= 1: cross experts (``CrossStack`` on each expert's input, then its MLP)."""
+        """``cross_layers`` >= 1: cross experts (``CrossStack`` on each expert's input, then its MLP).
+        ``gate_type``/``gate_k``: softmax or DSelect-k gates (``layers.Gate``). ``all_forward``
+        (STEM): task k's gate reads task k's input plus the shared input and mixes every expert,
+        the other tasks' experts with their gradient stopped."""
         super().__init__()
         t, p, s = num_tasks, experts_per_task, shared_experts  # the paper's K, m_k, m_s
         self.num_tasks, self.experts_per_task, self.shared_experts = t, p, s
@@ -59,13 +71,24 @@ class Level(nn.Module):
         # First-layer outputs are fresh matmul results: activating them in place saves a pass.
         self.activation_inplace = make_activation(activation, inplace=True)
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.all_forward = all_forward and p > 0
+        task_mixed = t * p + s if self.all_forward else p + s  # the experts task k's gate mixes
         # A gate over a single expert is the identity: it is left out rather than kept untrainable.
-        self.task_gate_size = p + s if p + s > 1 else 0
+        self.task_gate_size = task_mixed if task_mixed > 1 else 0
         self.shared_gate_size = t * p + s if shared_gate and t * p + s > 1 else 0
         self.has_shared_out = shared_gate
-        self.task_gate_first = (gate_hidden[0] if gate_hidden else p + s) if self.task_gate_size else 0
-        self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size else 0
-        gate_width = t * self.task_gate_first + self.shared_gate_first
+        self.task_gate_fn = Gate(gate_type, task_mixed, gate_k, t)
+        self.shared_gate_fn = Gate(gate_type, t * p + s, gate_k, 1)
+        # softmax gates read the input (first layers below); static DSelect-k gates read none
+        self.task_gate_first = (gate_hidden[0] if gate_hidden else task_mixed) if self.task_gate_size and not self.task_gate_fn.sparse else 0
+        self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size and not self.shared_gate_fn.sparse else 0
+        if self.all_forward:  # own[k, e] = 1 for task k's experts and the shared ones
+            own = torch.zeros(t, t * p + s)
+            for k in range(t):
+                own[k, k * p : (k + 1) * p] = 1
+            own[:, t * p :] = 1
+            self.register_buffer("own", own, persistent=False)
+        gates_width = t * self.task_gate_first + self.shared_gate_first
         self.cross = cross_layers > 0
         if self.cross:  # each expert crosses its own copy of the input: first layers per expert
             self.task_cross = CrossStack(t * p, in_dim, cross_layers, cross_rank) if p else None
@@ -75,7 +98,7 @@ class Level(nn.Module):
         if shared_input:
             if not self.cross:
                 self.expert_in = DenseLinear(in_dim, (t * p + s) * self.hidden)
-            self.gate_in = DenseLinear(in_dim, gate_width) if gate_width else None
+            self.gate_in = DenseLinear(in_dim, gates_width) if gates_width else None
         else:
             if not self.cross:
                 self.task_expert_in = GroupedLinear(t, in_dim, p * self.hidden) if p else None
@@ -84,7 +107,7 @@ class Level(nn.Module):
             self.shared_gate_in = DenseLinear(in_dim, self.shared_gate_first) if self.shared_gate_first else None
         self.task_experts = GroupedMLP(t * p, list(expert_hidden), activation, dropout, True) if p else None
         self.shared_expert_stack = GroupedMLP(s, list(expert_hidden), activation, dropout, True) if s else None
-        self.task_gates = GroupedMLP(t, [*gate_hidden, p + s], activation, 0.0, False) if self.task_gate_first and gate_hidden else None
+        self.task_gates = GroupedMLP(t, [*gate_hidden, task_mixed], activation, 0.0, False) if self.task_gate_first and gate_hidden else None
         self.shared_gate = GroupedMLP(1, [*gate_hidden, t * p + s], activation, 0.0, False) if self.shared_gate_first and gate_hidden else None
 
     def first_layers(
@@ -136,16 +159,25 @@ class Level(nn.Module):
                 task_gates = task_logits.unflatten(1, (t, -1)).transpose(0, 1) if self.task_gate_first else None
             return task_gates, shared_gate if self.shared_gate_first else None
         if self.task_gate_in is not None:
-            task_gates = self.task_gate_in(task_in)
+            task_gates = self.task_gate_in(task_in + shared_in if self.all_forward and shared_in is not None else task_in)
         if self.shared_gate_in is not None:
             shared_gate = self.shared_gate_in(shared_in)
         return task_gates, shared_gate
 
-    def _gate(self, logits: Tensor, mlp: GroupedMLP | None) -> Tensor:
-        """Softmax gate weights, expert-major: ``[..., E, B, 1]`` from logits ``[..., B, w]``."""
-        if mlp is not None:
+    def _gate(self, logits: Tensor | None, mlp: GroupedMLP | None, gate: Gate) -> Tensor:
+        """Gate weights, expert-major: ``[G, E, B, 1]`` from raw outputs ``[G, B, w]`` (softmax),
+        ``[G, E, 1, 1]`` for static DSelect-k gates (``logits`` None)."""
+        if mlp is not None and logits is not None:
             logits = mlp(self.activation(logits))
-        return torch.softmax(logits, dim=-1).transpose(-1, -2).unsqueeze(-1)
+        return gate(logits).transpose(-1, -2).unsqueeze(-1)
+
+    def gate_experts(self) -> tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]:
+        """The experts each task gate and the shared gate mix, in their weights' order, as
+        ``(owner task or None for shared, index)``."""
+        t, p, s = self.num_tasks, self.experts_per_task, self.shared_experts
+        every = [(k, j) for k in range(t) for j in range(p)] + [(None, j) for j in range(s)]
+        tasks = [every if self.all_forward else [(k, j) for j in range(p)] + [(None, j) for j in range(s)] for k in range(t)]
+        return tasks, every if self.shared_gate_size else None
 
     def forward(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor, Tensor | None]:
         """Return task outputs ``[T, B, d]`` and the shared output ``[B, d]`` (None at the last level)."""
@@ -153,8 +185,12 @@ class Level(nn.Module):
         task_h, shared_h, task_logits, shared_logits = self.first_layers(task_in, shared_in)
         task_experts = self.task_experts(task_h).unflatten(0, (t, p)) if p else None  # [T, P, B, d]
         shared_experts = self.shared_expert_stack(shared_h) if s else None  # [S, B, d]
-        if self.task_gate_size:
-            gate = self._gate(task_logits, self.task_gates)  # [T, P+S, B, 1]
+        if self.all_forward and self.task_gate_size:  # STEM: every expert, the others' detached
+            gate = self._gate(task_logits, self.task_gates, self.task_gate_fn)  # [T, T*P+S, B, 1]
+            every = task_experts.flatten(0, 1) if not s else torch.cat([task_experts.flatten(0, 1), shared_experts])
+            out = mix(gate, every, self.own)
+        elif self.task_gate_size:
+            gate = self._gate(task_logits, self.task_gates, self.task_gate_fn)  # [T, P+S, B, 1]
             out = 0
             if p:
                 out = (gate[:, :p] * task_experts).sum(1)
@@ -168,7 +204,7 @@ class Level(nn.Module):
             return out, None
         if not self.shared_gate_size:
             return out, (task_experts.flatten(0, 1) if p else shared_experts)[0]
-        gate = self._gate(shared_logits.unsqueeze(0), self.shared_gate)[0]  # [T*P+S, B, 1]
+        gate = self._gate(_one(shared_logits), self.shared_gate, self.shared_gate_fn)[0]  # [T*P+S, B, 1]
         shared_out = (gate[t * p :] * shared_experts).sum(0)
         if p:
             shared_out = shared_out + (gate[: t * p] * task_experts.flatten(0, 1)).sum(0)
@@ -201,6 +237,9 @@ class PLE(MultiTaskModel):
         activation, dropout = config.activation, config.dropout
         self.input_dim, self.num_tasks = input_dim, num_tasks
         self.shared_experts = shared_experts
+        # Embedding sharing other than "shared": the input is [T+1, B, D] (each task's tables, then
+        # the shared ones), so level 0 reads per-branch inputs like a deeper level.
+        self.grouped = config.embedding_sharing != "shared"
         self.levels = nn.ModuleList(
             Level(
                 input_dim if i == 0 else expert_hidden[-1],
@@ -212,9 +251,12 @@ class PLE(MultiTaskModel):
                 shared_gate=i < levels - 1 and shared_experts > 0,
                 activation=activation,
                 dropout=float(dropout),
-                shared_input=i == 0,
+                shared_input=i == 0 and not self.grouped,
                 cross_layers=config.cross_layers if config.expert_type == "cross" else 0,
                 cross_rank=config.cross_rank,
+                gate_type=config.gate_type,
+                gate_k=config.gate_k,
+                all_forward=config.embedding_sharing == "shared_and_specific",
             )
             for i in range(levels)
         )
@@ -248,17 +290,30 @@ class PLE(MultiTaskModel):
         rows of ``x``: the PLE paper's expert utilisation. None where a level has no such gate
         (a single expert is taken whole)."""
         usage = []
-        task_in, shared_in = None, x
+        task_in, shared_in = self._inputs(x)
         for level in self.levels:
             task_logits, shared_logits = level._gate_logits(task_in, shared_in)
-            task = level._gate(task_logits, level.task_gates)[..., 0].mean(-1) if level.task_gate_size else None
-            shared = level._gate(shared_logits.unsqueeze(0), level.shared_gate)[0, ..., 0].mean(-1) if level.shared_gate_size else None
+            task = level._gate(task_logits, level.task_gates, level.task_gate_fn)[..., 0].mean(-1) if level.task_gate_size else None
+            shared = level._gate(_one(shared_logits), level.shared_gate, level.shared_gate_fn)[0, ..., 0].mean(-1) if level.shared_gate_size else None
             usage.append({"task": task, "shared": shared})
             task_in, shared_in = level(task_in, shared_in)
         return usage
 
+    def gate_experts(self) -> list[tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]]:
+        return [level.gate_experts() for level in self.levels]
+
+    def regularization(self) -> Tensor | None:
+        """The DSelect-k selectors' entropy of the last training forward pass (None for softmax gates)."""
+        terms = [g.last_entropy for level in self.levels for g in (level.task_gate_fn, level.shared_gate_fn) if g.last_entropy is not None]
+        return torch.stack(terms).sum() if terms else None
+
+    def _inputs(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
+        """Level 0's task and shared inputs: none and ``x [B, D]``, or ``x[:T]`` and ``x[T]`` for
+        ``[T+1, B, D]`` (embedding sharing other than ``shared``)."""
+        return (x[: self.num_tasks], x[self.num_tasks]) if self.grouped else (None, x)
+
     def forward(self, x: Tensor) -> Tensor:
-        task_in, shared_in = None, x
+        task_in, shared_in = self._inputs(x)
         for level in self.levels:
             task_in, shared_in = level(task_in, shared_in)
         return self.towers(task_in).squeeze(-1).transpose(0, 1)

@@ -16,11 +16,9 @@ GATES, GATES_PLOT = "gates.json", "gates.png"
 CHUNK = 32_768
 
 
-def _expert_names(tasks: list[str], p: int, s: int, task: int | None) -> list[str]:
-    """The experts a gate mixes: task ``task``'s own then the shared (a task gate), or every
-    task's then the shared (``task`` None: the shared gate)."""
-    own = [f"{tasks[task]}/{j}" for j in range(p)] if task is not None else [f"{name}/{j}" for name in tasks for j in range(p)]
-    return own + [f"shared/{j}" for j in range(s)]
+def _expert_names(tasks: list[str], experts: list[tuple[int | None, int]]) -> list[str]:
+    """Names for a gate's experts ``(owner task index or None, index)``: ``income/0``, ``shared/1``."""
+    return [f"{'shared' if owner is None else tasks[owner]}/{j}" for owner, j in experts]
 
 
 def measure(module: PLEModule, split: Split, split_name: str = "test") -> dict[str, Any] | None:
@@ -46,15 +44,15 @@ def measure(module: PLEModule, split: Split, split_name: str = "test") -> dict[s
                     if value is not None:
                         total[key] = value * share if total[key] is None else total[key] + value * share
     levels = []
-    for i, (level, block) in enumerate(zip(sums, model.levels), start=1):
-        p, s = block.experts_per_task, block.shared_experts
+    for i, (level, (task_experts, shared_experts)) in enumerate(zip(sums, model.gate_experts()), start=1):
         entry: dict[str, Any] = {"level": i, "tasks": {}, "shared_gate": None}
         for k, name in enumerate(tasks):
-            names = _expert_names(tasks, p, s, k)
+            names = _expert_names(tasks, task_experts[k])
             weights = [float(w) for w in level["task"][k]] if level["task"] is not None else [1.0] * len(names)
-            entry["tasks"][name] = {"experts": dict(zip(names, weights)), "shared_share": float(sum(weights[p:]))}
-        if level["shared"] is not None:
-            entry["shared_gate"] = dict(zip(_expert_names(tasks, p, s, None), (float(w) for w in level["shared"])))
+            shared = sum(w for w, (owner, _) in zip(weights, task_experts[k]) if owner is None)
+            entry["tasks"][name] = {"experts": dict(zip(names, weights)), "shared_share": float(shared)}
+        if level["shared"] is not None and shared_experts is not None:
+            entry["shared_gate"] = dict(zip(_expert_names(tasks, shared_experts), (float(w) for w in level["shared"])))
         levels.append(entry)
     return {"split": split_name, "rows": rows, "levels": levels}
 

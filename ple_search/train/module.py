@@ -14,10 +14,11 @@ from torch import Tensor
 from ple_search._version import __version__
 from ple_search.core.errors import ConfigError, TrialFailed
 from ple_search.data.schema import Schema
-from ple_search.model.architectures import build
+from ple_search.model.architectures import build, embedding_groups
 from ple_search.model.encoders import FeatureEncoder, NumericEncoder
 from ple_search.model.head import OutputHead
 from ple_search.model.hparams import PLEConfig
+from ple_search.model.layers import DSELECT_ENTROPY
 from ple_search.train.metrics import task_metrics
 from ple_search.train.weighting import make_weighting
 
@@ -54,7 +55,8 @@ class PLEModule(pl.LightningModule):
             numeric = NumericEncoder(
                 config.numeric_encoding, quantiles, config.embedding_dim, config.numeric_bins, config.periodic_frequencies, config.periodic_sigma,
             )  # fmt: skip
-        self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"], numeric, len(schema.numeric))
+        groups = embedding_groups(config, len(schema.tasks))
+        self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"], numeric, len(schema.numeric), groups)
         self.model = build(config, self.encoder.out_dim, len(schema.tasks))
         self.head = OutputHead(schema.tasks)
         self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
@@ -85,6 +87,9 @@ class PLEModule(pl.LightningModule):
         cat, num, labels = batch
         losses = self.task_losses(self(cat, num), labels)
         total = self.weighting(losses, self.model)
+        extra = self.model.regularization()
+        if extra is not None:
+            total = total + DSELECT_ENTROPY * extra
         if not torch.isfinite(total):
             raise TrialFailed(f"training loss became non-finite ({float(total.detach())}) at epoch {self.current_epoch}")
         self._epoch_loss_sum = self._epoch_loss_sum.to(losses.device) + losses.detach()
