@@ -62,3 +62,21 @@ def tiny_space(epochs: int = 1, **extra):
         "params": {"lr": {"type": "float", "low": 0.001, "high": 0.01}},
         **extra,
     }
+
+
+def make_cascade(n: int = 600, seed: int = 0, conditional_labels_only: bool = False) -> Dataset:
+    """A click -> buy cascade: click from one signal, buy (given a click) from a related one;
+    ``buy`` is 0 on every unclicked row, or NaN there with ``conditional_labels_only``."""
+    rng = np.random.default_rng(seed)
+    cat = rng.integers(0, 5, size=(n, 2))
+    num = rng.standard_normal((n, 3)).astype(np.float32)
+    click = (num[:, 0] + 0.5 * (cat[:, 0] == 2) + 0.5 * rng.standard_normal(n) > 0.3).astype(np.float32)
+    given = (num[:, 1] + 0.5 * num[:, 0] + 0.5 * rng.standard_normal(n) > 0.5).astype(np.float32)
+    buy = click * given
+    if conditional_labels_only:
+        buy = np.where(click == 1, buy, np.nan).astype(np.float32)
+    y = np.stack([click, buy], 1)
+    cut1, cut2 = int(n * 0.6), int(n * 0.8)
+    splits = [Split.from_numpy(cat[a:b], num[a:b], y[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, n))]
+    schema = Schema(("c0", "c1"), (5, 5), ("n0", "n1", "n2"), (Task("click", "binary"), Task("buy", "binary", depends_on="click")))
+    return Dataset(schema, *splits, Preprocessor(), {"source": "test"})

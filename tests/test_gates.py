@@ -59,3 +59,30 @@ def test_train_writes_the_gates_and_explain_shows_them(tmp_path, capsys):
     assert main(["explain", "--model", str(tmp_path / "model")]) == 2
     err = capsys.readouterr().err
     assert "gates.json: damaged" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_pareto_shows_what_the_gates_of_a_confirmed_front_trial_do(tmp_path, capsys):
+    import yaml
+
+    from helpers import user_table
+
+    spec = user_table(tmp_path)
+    space = {"dataset": {"name": str(spec)}, "sampler": {"name": "random", "seed": 0}, "budget": {"max_epochs": 1, "patience": 1},
+             "fixed": {"batch_size": 64, "architecture": "adatt", "levels": 1, "experts_per_task": 1, "shared_experts": 1}}  # fmt: skip
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = str(tmp_path / "s.journal")
+    assert main(["run", "--study", "g", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "g", "--storage", storage, "--gates", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--gates 0: trial 0 of study 'g' is not confirmed; `ple-search confirm --study g --trial 0`" in err and len(err.strip().splitlines()) == 1
+    assert main(["confirm", "--study", "g", "--storage", storage, "--trial", "0", "--seeds", "1", "--threads", "1"]) == 0
+    capsys.readouterr()
+    assert main(["pareto", "--study", "g", "--storage", storage, "--gates", "0", "--format", "json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    level = report["levels"][0]  # AdaTT: every task's unit fuses every expert
+    assert list(level["tasks"]["click"]["experts"]) == ["click/0", "buy/0", "shared/0"] and report["split"] == "test"
+    assert sum(level["tasks"]["buy"]["experts"].values()) == pytest.approx(1.0)
+    assert main(["pareto", "--study", "g", "--storage", storage, "--gates", "0"]) == 0
+    assert "buy/0" in capsys.readouterr().out

@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     pareto.add_argument("--y", help="with --plot: the y axis")
     pareto.add_argument("--all", action="store_true", help="every finished trial with its Pareto rank")
     pareto.add_argument("--confirmed", action="store_true", help="the trials re-checked by `ple-search confirm`")
+    pareto.add_argument("--gates", type=INDEX, metavar="TRIAL", help="what the gates of a confirmed trial do (its first fresh seed, test split)")
     _limit_args(pareto)
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
@@ -390,13 +391,36 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     return 0
 
 
-def cmd_explain(args: argparse.Namespace) -> int:
+def _show_gates(report: dict, source: str, fmt: str) -> None:
+    """A gate report (``serve.gates``) as a table, or as JSON with ``fmt`` json."""
     import json
 
     from rich.table import Table
 
     from ple_search.core.errors import ConfigError
-    from ple_search.serve.gates import GATES, table
+    from ple_search.serve.gates import table
+
+    try:
+        header, rows = table(report)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{source}: damaged or not a ple-search gate report ({type(exc).__name__}: {exc}); retrain the model") from None
+    if fmt == "json":
+        sys.stdout.write(json.dumps(report, indent=2) + "\n")
+        return
+    shown = Table(*header, title=f"mean gate weight per expert on the {report['split']} split ({report['rows']:,} rows)")
+    for row in rows:
+        shown.add_row(*row)
+    out.print(shown)
+    for level in report["levels"]:
+        shares = ", ".join(f"{task} {gate['shared_share']:.0%}" for task, gate in level["tasks"].items())
+        err.print(f"level {level['level']}: shared experts take {shares} of the task gates' weight")
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    import json
+
+    from ple_search.core.errors import ConfigError
+    from ple_search.serve.gates import GATES
 
     path = Path(args.model) / GATES
     if not Path(args.model).is_dir():
@@ -405,19 +429,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
         raise ConfigError(f"{path}: not found; `ple-search train` writes it for models with gates (retrain a folder from before it did)")
     try:
         report = json.loads(path.read_text())
-        header, rows = table(report)
-    except (ValueError, KeyError, TypeError) as exc:
+    except ValueError as exc:
         raise ConfigError(f"{path}: damaged or not a ple-search gates file ({type(exc).__name__}: {exc}); retrain the model") from None
-    if args.format == "json":
-        sys.stdout.write(json.dumps(report, indent=2) + "\n")
-        return 0
-    shown = Table(*header, title=f"mean gate weight per expert on the {report['split']} split ({report['rows']:,} rows)")
-    for row in rows:
-        shown.add_row(*row)
-    out.print(shown)
-    for level in report["levels"]:
-        shares = ", ".join(f"{task} {gate['shared_share']:.0%}" for task, gate in level["tasks"].items())
-        err.print(f"level {level['level']}: shared experts take {shares} of the task gates' weight")
+    _show_gates(report, str(path), args.format)
     return 0
 
 
@@ -448,6 +462,16 @@ def cmd_pareto(args: argparse.Namespace) -> int:
     from ple_search.study.storage import load_study, open_storage
 
     study = load_study(args.study, open_storage(args.storage))
+    if args.gates is not None:
+        from ple_search.core.errors import ConfigError
+        from ple_search.study.record import StudyRecord
+
+        entry = StudyRecord.from_study(study).confirmed.get("trials", {}).get(str(args.gates))
+        if entry is None or "gates" not in entry:
+            why = "has no gates (cross-stitch)" if entry is not None else "is not confirmed"
+            raise ConfigError(f"--gates {args.gates}: trial {args.gates} of study '{args.study}' {why}; `ple-search confirm --study {args.study} --trial {args.gates}` trains it and stores what its gates do")
+        _show_gates(entry["gates"], f"study '{args.study}' trial {args.gates}", "json" if args.format == "json" else "table")
+        return 0
     axes = (args.x, args.y) if args.x or args.y else None
     if axes is not None:
         plot_axes(study, args.plot, axes)

@@ -27,7 +27,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = ["load", "load_described", "Dataset", "Split", "Schema", "Task", "PLEDataModule", "TensorBatches", "SOURCES"]
 
-SOURCES = ("census", "synthetic")
+SOURCES = ("census", "synthetic", "recsys")
 
 
 def load(source: str, **options: Any) -> "Dataset":
@@ -38,6 +38,8 @@ def load(source: str, **options: Any) -> "Dataset":
         options: the source's own: census ``tasks, data_dir, min_count, download, use_cache``;
             synthetic (the MMoE paper's generator) ``n`` samples, ``d`` input dimension, ``p`` task
             correlation, ``c`` scale, ``m`` number of sine components, ``seed``, ``fractions``;
+            recsys (a recommender's logs, ``data.recsys``) ``n`` impressions, ``users``, ``items``,
+            ``zipf``, ``relatedness``, ``days``, ``click_rate``, ``conversion_rate``, ``seed``, ...;
             a spec ``use_cache``. Unknown options are a ``DataError`` listing the allowed ones.
     """
     if source == "census":
@@ -48,6 +50,10 @@ def load(source: str, **options: Any) -> "Dataset":
         from ple_search.data.synthetic import load_synthetic
 
         loader = load_synthetic
+    elif source == "recsys":
+        from ple_search.data.recsys import load_recsys
+
+        loader = load_recsys
     elif source.endswith((".yaml", ".yml")) or Path(source).is_file():
         from ple_search.data.table import load_table
 

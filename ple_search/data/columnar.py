@@ -23,7 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from ple_search.data.dataset import SPLITS, Dataset, Split, numeric_quantiles
+from ple_search.data.dataset import SPLITS, Dataset, Split, joint_labels, numeric_quantiles
 from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, log1p_checked, standardise
 from ple_search.data.schema import Schema, Task
 
@@ -223,13 +223,13 @@ def build(
             labels.append(to_float(column, nan_is_missing=reader.fmt == "parquet").astype(np.float32))
         else:
             labels.append(binary_labels(column, label_mappings[task["name"]]))
-    label_array = np.stack(labels, axis=1)
+    label_array = joint_labels(np.stack(labels, axis=1), spec["tasks"], where)
     del labels
     pre = Preprocessor(vocabularies, stats, buckets)
     splits = {name: Split.from_numpy(*arrays[name], label_array[rows]) for name, rows in parts.items()}
     del label_array
     _give_back_memory()
-    tasks = tuple(Task(t["name"], t["type"]) for t in spec["tasks"])
+    tasks = tuple(Task(t["name"], t["type"], depends_on=t["depends_on"]) for t in spec["tasks"])
     schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tasks, numeric_quantiles(splits["train"].num))
     dataset = Dataset(schema, splits["train"], splits["val"], splits["test"], pre, info)
     dataset.check_labels(where)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -124,6 +124,27 @@ def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:
         return task
     mean, std = float(known.mean()), float(known.std(unbiased=False))
     return replace(task, shift=mean, scale=std if std > 0 and math.isfinite(std) else 1.0)
+
+
+def joint_labels(labels: np.ndarray, tasks: Sequence[Mapping[str, Any]], where: str) -> np.ndarray:
+    """Labels ``[N, T]`` (file order) with each dependent task's column made its joint label: a
+    child given only on its parent's positives (empty elsewhere) gets 0 where the parent is 0,
+    so "0/1 on every row" and "only on the parent's positives" mean the same. A positive child on
+    a negative parent is a ``DataError`` with the count of such rows and the first one."""
+    names = [t["name"] for t in tasks]
+    for k, task in enumerate(tasks):
+        if task.get("depends_on") is None:
+            continue
+        parent = labels[:, names.index(task["depends_on"])]
+        child = labels[:, k]
+        wrong = np.flatnonzero((child == 1) & (parent == 0))
+        if len(wrong):
+            raise DataError(
+                f"{where}: task '{task['name']}' depends on '{task['depends_on']}' but is 1 where '{task['depends_on']}' is 0 "
+                f"on {len(wrong):,} rows (first: row {int(wrong[0]) + 1}); a dependent task's positives must be its parent's"
+            )
+        labels[:, k] = np.where(np.isnan(child) & (parent == 0), np.float32(0.0), child)
+    return labels
 
 
 def from_frames(

@@ -49,6 +49,9 @@ class Task:
     type: str
     shift: float = 0.0  # regression: the train split's label mean; the model predicts
     scale: float = 1.0  # (label - shift) / scale and reports shift + scale * output
+    # A binary task whose positives are a subset of another binary task's (conversion after a
+    # click): its label is the joint one (0 wherever the parent is 0), see ``Schema.parents``.
+    depends_on: str | None = None
 
     @property
     def kind(self) -> TaskType:
@@ -66,7 +69,14 @@ class Task:
         data: dict[str, Any] = {"name": self.name, "type": self.type}
         if not self.kind.probability:
             data.update(shift=self.shift, scale=self.scale)
+        if self.depends_on is not None:
+            data["depends_on"] = self.depends_on
         return data
+
+
+def conditional_name(task: Task) -> str:
+    """The output and metric of a dependent task given its parent: ``conversion@click``."""
+    return f"{task.name}@{task.depends_on}"
 
 
 @dataclass(frozen=True)
@@ -85,13 +95,32 @@ class Schema:
     def task_names(self) -> list[str]:
         return [t.name for t in self.tasks]
 
+    @property
+    def parents(self) -> tuple[int, ...]:
+        """Each task's parent task index, -1 for none (parents come before their children)."""
+        names = self.task_names
+        return tuple(names.index(t.depends_on) if t.depends_on is not None else -1 for t in self.tasks)
+
+    @property
+    def dependent(self) -> list[Task]:
+        """The tasks with a parent, in order: each has a conditional output after the tasks'."""
+        return [t for t in self.tasks if t.depends_on is not None]
+
+    @property
+    def output_names(self) -> list[str]:
+        """What the model serves: every task (the joint probability for a dependent task), then
+        each dependent task's conditional probability given its parent (``conversion@click``)."""
+        return [*self.task_names, *(conditional_name(t) for t in self.dependent)]
+
     def tasks_named(self, names: Sequence[str], where: str = "the study") -> list[Task]:
-        """The tasks named by ``names``, in that order (each must be a task; else a ``ConfigError``
-        naming ``where``)."""
-        unknown = [n for n in names if n not in self.task_names]
+        """The tasks named by ``names``, in that order (each must be a task, or a dependent task's
+        conditional output ``conversion@click``, an AUC over the parent's positives; else a
+        ``ConfigError`` naming ``where``)."""
+        conditional = {conditional_name(t): Task(conditional_name(t), "binary") for t in self.dependent}
+        unknown = [n for n in names if n not in self.task_names and n not in conditional]
         if unknown:
-            raise ConfigError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {self.task_names}")
-        return [self.tasks[self.task_names.index(n)] for n in names]
+            raise ConfigError(f"{where}: objective '{unknown[0]}' is not a task of the dataset; tasks: {self.output_names}")
+        return [self.tasks[self.task_names.index(n)] if n in self.task_names else conditional[n] for n in names]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form, stored in checkpoints and study attributes."""
@@ -111,6 +140,8 @@ class Schema:
             categorical=tuple(data.get("categorical", ())),
             vocab_sizes=tuple(int(v) for v in data.get("vocab_sizes", ())),
             numeric=tuple(data.get("numeric", ())),
-            tasks=tuple(Task(t["name"], t["type"], float(t.get("shift", 0.0)), float(t.get("scale", 1.0))) for t in data["tasks"]),
+            tasks=tuple(
+                Task(t["name"], t["type"], float(t.get("shift", 0.0)), float(t.get("scale", 1.0)), t.get("depends_on")) for t in data["tasks"]
+            ),
             numeric_quantiles=tuple(tuple(float(v) for v in q) for q in data.get("numeric_quantiles", ())),
         )

@@ -10,8 +10,9 @@ hash_buckets: {user_id: 100000}  # optional: these columns hash into N codes ins
 tasks:
   - {name: click, type: binary, labels: {"yes": 1, "no": 0}}   # labels: optional mapping
   - {name: watch_time, column: seconds, type: regression}      # column defaults to name
+  - {name: buy, type: binary, depends_on: click}              # a cascade: buy only after a click
 split: {column: split}        # values train/val/test, or: {fractions: [0.8, 0.1, 0.1], seed: 0}
-                              # or by time: {time: ts, fractions: [0.8, 0.1, 0.1]} (earliest rows train)
+                              # or by time: {by: ts, fractions: [0.8, 0.1, 0.1]} (earliest rows train)
 ```
 Every bad input is one ``DataError`` naming the file, the column and, where it applies, the row.
 Tables are read and encoded column by column with Arrow (``columnar.py``); the pandas path here
@@ -28,14 +29,14 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 from ple_search.data import cache, columnar
-from ple_search.data.dataset import SPLITS, Dataset, from_frames
+from ple_search.data.dataset import SPLITS, Dataset, from_frames, joint_labels
 from ple_search.data.preprocess import to_numeric
 from ple_search.data.schema import TASK_TYPES, Task
 from ple_search.core.errors import DataError
 from ple_search.core.files import read_yaml
 
 SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "hash_buckets", "tasks", "split"}
-TASK_KEYS = {"name", "column", "type", "labels"}
+TASK_KEYS = {"name", "column", "type", "labels", "depends_on"}
 FORMATS = ("csv", "parquet")
 
 
@@ -84,6 +85,16 @@ def read_spec(path: Path) -> dict[str, Any]:
     names = [t["name"] for t in spec["tasks"]]
     if len(set(names)) != len(names):
         raise DataError(f"{path}: task names must be unique, got {names}")
+    for k, task in enumerate(spec["tasks"]):
+        parent = task["depends_on"]
+        if parent is None:
+            continue
+        earlier = {t["name"]: t for t in spec["tasks"][:k]}
+        if parent not in earlier:
+            where = "is listed after it" if parent in names else "is not a task"
+            raise DataError(f"{path}: task '{task['name']}' depends_on '{parent}', which {where}; list the parent task first, among {names[:k] or names}")
+        if task["type"] != "binary" or earlier[parent]["type"] != "binary":
+            raise DataError(f"{path}: task '{task['name']}' depends_on '{parent}': both must be binary tasks (a conversion given a click)")
     spec["split"] = _split_spec(path, spec.get("split") or {"fractions": [0.8, 0.1, 0.1], "seed": 0})
     return spec
 
@@ -99,7 +110,10 @@ def _task_spec(path: Path, task: Any) -> dict[str, Any]:
     labels = task.get("labels")
     if labels is not None and (not isinstance(labels, dict) or not set(labels.values()) <= {0, 1}):
         raise DataError(f"{path}: task '{task['name']}' labels must map raw values to 0 or 1, got {labels!r}")
-    return {"name": str(task["name"]), "column": str(task.get("column", task["name"])), "type": task["type"], "labels": labels}
+    parent = task.get("depends_on")
+    if parent is not None and not isinstance(parent, str):
+        raise DataError(f"{path}: task '{task['name']}' depends_on must name another task, got {parent!r}")
+    return {"name": str(task["name"]), "column": str(task.get("column", task["name"])), "type": task["type"], "labels": labels, "depends_on": parent}
 
 
 # YAML 1.1 (PyYAML) reads these unquoted words as booleans: `labels: {yes: 1, no: 0}` arrives as
@@ -126,10 +140,10 @@ def label_mapping(labels: Mapping[Any, Any]) -> dict[str, float]:
 def _split_spec(path: Path, split: Any) -> dict[str, Any]:
     if isinstance(split, dict) and "column" in split:
         return {"column": str(split["column"])}
-    if isinstance(split, dict) and "time" in split:
+    if isinstance(split, dict) and ("by" in split or "time" in split):  # `time:` is the older spelling of `by:`
         wrong = f"{path}: split.fractions must be [train, val, test] of positive numbers summing to 1"
-        return {"time": str(split["time"]), "fractions": _fractions(split.get("fractions", [0.8, 0.1, 0.1]), wrong)}
-    wrong = f"{path}: split must be {{column: NAME}}, {{time: NAME}} or {{fractions: [train, val, test]}} of positive numbers summing to 1"
+        return {"time": str(split.get("by", split.get("time"))), "fractions": _fractions(split.get("fractions", [0.8, 0.1, 0.1]), wrong)}
+    wrong = f"{path}: split must be {{column: NAME}}, {{by: TIME_COLUMN}} or {{fractions: [train, val, test]}} of positive numbers summing to 1"
     return {"fractions": _fractions(split.get("fractions") if isinstance(split, dict) else None, wrong), "seed": int(split.get("seed", 0))}
 
 
@@ -232,8 +246,15 @@ def _cut(order: np.ndarray, fractions: list[float]) -> dict[str, np.ndarray]:
 def time_order(values: pd.Series, file: Path, column: str) -> np.ndarray:
     """Row numbers from earliest to latest of a time column: timestamps, dates as text, or numbers
     (e.g. Unix seconds); a missing or unreadable time is a ``DataError`` naming the row."""
+    numbers = None
     if pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype):
-        keys = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        numbers = values
+    elif not pd.api.types.is_datetime64_any_dtype(values.dtype):  # CSV text: numbers (Unix seconds) as numbers
+        parsed = pd.to_numeric(values, errors="coerce")
+        if parsed.notna().all():
+            numbers = parsed
+    if numbers is not None:
+        keys = numbers.to_numpy(dtype=np.float64, na_value=np.nan)
     else:
         stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
         keys = stamps.to_numpy(dtype="datetime64[ns]").astype(np.int64).astype(np.float64)
@@ -337,11 +358,11 @@ def _build_pandas(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -> 
     """The reference path: the whole table as pandas strings (CSV) or typed columns (Parquet)."""
     frame = read_table(file, spec["format"])
     _check_columns(spec, file, list(frame.columns))
-    labels = np.stack([_labels(frame, file, t) for t in spec["tasks"]], axis=1)
+    labels = joint_labels(np.stack([_labels(frame, file, t) for t in spec["tasks"]], axis=1), spec["tasks"], str(file))
     parts = _assign_splits(frame, file, spec["split"])
     frames = {name: frame.iloc[idx] for name, idx in parts.items()}
     return from_frames(
         frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
-        tasks=[Task(t["name"], t["type"]) for t in spec["tasks"]], log1p=spec["log1p"],
+        tasks=[Task(t["name"], t["type"], depends_on=t["depends_on"]) for t in spec["tasks"]], log1p=spec["log1p"],
         min_count=int(spec.get("min_count") or 1), hash_buckets=spec["hash_buckets"], info=info, where=str(file),
     )  # fmt: skip

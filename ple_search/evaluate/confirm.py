@@ -18,6 +18,7 @@ from optuna.trial import FrozenTrial, TrialState
 from ple_search.data import Dataset
 from ple_search.core.errors import ConfigError, StorageError
 from ple_search.train.metrics import summarize
+from ple_search.serve.gates import measure as measure_gates
 from ple_search.train.engine import SeedRun, TrialSettings, train_on_seeds
 from ple_search.study.pareto import hypervolume_contributions, nondominated_ranks
 from ple_search.study.record import COST, HPARAMS, StudyRecord, finished_trials, write_confirmed
@@ -63,6 +64,9 @@ def run_confirm(
         for key in set(record.objectives) - set(val_mean):  # a serving cost: the config's, measured once
             val_mean[key], val_std[key] = float(trial.user_attrs[COST][key]), 0.0
         confirmed[str(trial.number)] = {"seeds": seeds, "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std}
+        gates = measure_gates(runs[0].module, dataset.test)  # what the gates do, first fresh seed (`pareto --gates`)
+        if gates is not None:
+            confirmed[str(trial.number)]["gates"] = {**gates, "seed": runs[0].seed}
     numbers = list(confirmed)
     means = np.array([[confirmed[n]["val_mean"][t] for t in record.objectives] for n in numbers])
     for n, rank in zip(numbers, nondominated_ranks(means, record.directions)):

@@ -15,13 +15,14 @@ no Python loop over experts or tasks in ``forward``. Expert type (``mlp``/``cros
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
+from ple_search.model.towers import make_towers
 from ple_search.model.layers import CrossStack, Gate, GroupedLinear, GroupedMLP, mix
 
 
@@ -84,7 +85,9 @@ class FusionLevel(nn.Module):
 class AdaTT(MultiTaskModel):
     """AdaTT over a dense input; ``forward(x[B, D]) -> [B, num_tasks]`` raw outputs."""
 
-    def __init__(self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, **hparams: Any) -> None:
+    def __init__(
+        self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, cascade: Sequence[tuple[int, int]] = (), **hparams: Any
+    ) -> None:
         super().__init__()
         config = network_config("adatt", "AdaTT", input_dim, num_tasks, config, hparams)
         self.input_dim, self.num_tasks = input_dim, num_tasks
@@ -94,7 +97,7 @@ class AdaTT(MultiTaskModel):
         self.levels = nn.ModuleList(
             FusionLevel(input_dim if i == 0 else hidden, num_tasks, config, shared_unit=i < config.levels - 1) for i in range(config.levels)
         )
-        self.towers = GroupedMLP(num_tasks, [hidden, *config.tower_hidden, 1], config.activation, float(config.dropout), False)
+        self.towers = make_towers(num_tasks, hidden, config, cascade)
 
     def _inputs(self, x: Tensor) -> Tensor:
         """Level 0's inputs ``[T(+1), B, D]``: ``x`` for every unit, or the embedding groups."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from ple_search.core.errors import ConfigError
 from ple_search.model.checks import check_int
@@ -169,6 +169,7 @@ def embedding_groups(config: "PLEConfig", num_tasks: int) -> int:
     return num_tasks + 1 if takes and config.embedding_sharing != "shared" else 1
 
 
-def build(config: "PLEConfig", input_dim: int, num_tasks: int) -> "MultiTaskModel":
-    """The network of a validated config."""
-    return ARCHITECTURES[config.architecture].model_class()(input_dim, num_tasks, config=config)
+def build(config: "PLEConfig", input_dim: int, num_tasks: int, cascade: Sequence[tuple[int, int]] = ()) -> "MultiTaskModel":
+    """The network of a validated config; ``cascade``: the (child, parent) task links its towers
+    pass information along (``task_relation: aitm``)."""
+    return ARCHITECTURES[config.architecture].model_class()(input_dim, num_tasks, config=config, cascade=cascade)

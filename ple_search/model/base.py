@@ -56,8 +56,10 @@ class MultiTaskModel(nn.Module):
 
     def extra_multiply_adds(self) -> int:
         """Multiply-adds per sample that are not one use of a ``weight`` matrix (the ``flops``
-        measure counts those itself), e.g. a mixing matrix applied to every unit; 0 by default."""
-        return 0
+        measure counts those itself), e.g. a mixing matrix applied to every unit; by default the
+        towers' (AITM's attention), else 0."""
+        towers = getattr(self, "towers", None)
+        return towers.extra_multiply_adds() if hasattr(towers, "extra_multiply_adds") else 0
 
     def gate_usage(self, x: Tensor) -> list[dict[str, Tensor | None]] | None:
         """Per level, the mean weight each task's gate (``"task"``: ``[T, E_task]``) and the

@@ -10,13 +10,14 @@ near the identity (0.9 on the diagonal, 0.1 shared out among the other tasks), a
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
+from ple_search.model.towers import make_towers
 from ple_search.model.layers import GroupedLinear, GroupedMLP, make_activation
 
 SELF_WEIGHT = 0.9
@@ -40,7 +41,9 @@ class CrossStitch(MultiTaskModel):
     """Per-task columns of widths ``expert_hidden`` with a cross-stitch unit after each layer, then
     towers (``tower_hidden`` then one output); ``forward(x[B, D]) -> [B, num_tasks]`` raw outputs."""
 
-    def __init__(self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, **hparams: Any) -> None:
+    def __init__(
+        self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, cascade: Sequence[tuple[int, int]] = (), **hparams: Any
+    ) -> None:
         super().__init__()
         config = network_config("cross_stitch", "cross_stitch", input_dim, num_tasks, config, hparams)
         self.input_dim, self.num_tasks = input_dim, num_tasks
@@ -49,7 +52,7 @@ class CrossStitch(MultiTaskModel):
         self.units = nn.ModuleList(CrossStitchUnit(num_tasks) for _ in config.expert_hidden)
         self.activation = make_activation(config.activation)
         self.dropout = nn.Dropout(float(config.dropout)) if config.dropout > 0 else nn.Identity()
-        self.towers = GroupedMLP(num_tasks, [widths[-1], *config.tower_hidden, 1], config.activation, float(config.dropout), False)
+        self.towers = make_towers(num_tasks, widths[-1], config, cascade)
         self.widths = widths
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
@@ -62,7 +65,7 @@ class CrossStitch(MultiTaskModel):
 
     def extra_multiply_adds(self) -> int:
         """Each unit mixes T activations of width d for each of T tasks: T * T * d per sample."""
-        return sum(self.num_tasks * self.num_tasks * d for d in self.widths[1:])
+        return sum(self.num_tasks * self.num_tasks * d for d in self.widths[1:]) + super().extra_multiply_adds()
 
     def forward(self, x: Tensor) -> Tensor:
         h = x.expand(self.num_tasks, -1, -1)  # [T, B, D]: every column reads the input

@@ -23,6 +23,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 EXPERT_TYPES = ("mlp", "cross")
 GATE_TYPES = ("softmax", "dselect_k")
 EMBEDDING_SHARING = ("shared", "task_specific", "shared_and_specific")
+TASK_RELATIONS = ("independent", "esmm", "aitm")  # model.head.RELATIONS; a test keeps both equal
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
@@ -68,6 +69,11 @@ class PLEConfig:
     numeric_bins: int = 16  # quantile, piecewise: bins at train-split quantiles (a divisor of 64)
     periodic_frequencies: int = 16  # periodic: k learned frequencies per feature
     periodic_sigma: float = 1.0  # periodic: std of the frequencies' initialisation
+    # Dependent tasks (``depends_on`` in the data): how a conversion's output relates to its click's
+    # (model.head): independent (trained on the clicks only) | esmm (entire space) | aitm (transfer
+    # along the cascade, plus the calibrator with this weight).
+    task_relation: str = "esmm"
+    calibration_weight: float = 0.6  # aitm: weight of max(p_child - p_parent, 0) in the child's loss (the paper's alpha)
     loss_weighting: str = "equal"  # a name of LOSS_WEIGHTINGS (train.weighting.SCHEMES)
     task_weights: Any = None  # fixed weights / scheduled w_k0 (number, list or {task: w})
     schedule_gamma: float = 0.95  # scheduled: w_k(t) = w_k0 * gamma_k^t per epoch
@@ -117,6 +123,9 @@ class PLEConfig:
             raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
+        if self.task_relation not in TASK_RELATIONS:
+            raise _invalid("task_relation", self.task_relation, f"must be one of {list(TASK_RELATIONS)}")
+        self.calibration_weight = _number("calibration_weight", self.calibration_weight, allow_zero=True)
         if self.loss_weighting not in LOSS_WEIGHTINGS:
             raise _invalid("loss_weighting", self.loss_weighting, f"must be one of {sorted(LOSS_WEIGHTINGS)}")
         self.validate_model()

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
+from ple_search.model.towers import make_towers
 from ple_search.model.layers import CrossStack, DenseLinear, Gate, GroupedLinear, GroupedMLP, make_activation, mix
 
 
@@ -220,7 +221,9 @@ class PLE(MultiTaskModel):
     one output) sit on each task's output of the last level; outputs are raw (logits or values).
     """
 
-    def __init__(self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, **hparams: Any) -> None:
+    def __init__(
+        self, input_dim: int, num_tasks: int, *, config: PLEConfig | None = None, cascade: Sequence[tuple[int, int]] = (), **hparams: Any
+    ) -> None:
         """``config``: a validated ``PLEConfig`` (what ``PLEModule`` passes: parsed once), or
         ``hparams``: its model keys (defaults and validation live there).
 
@@ -260,9 +263,7 @@ class PLE(MultiTaskModel):
             )
             for i in range(levels)
         )
-        self.towers = GroupedMLP(
-            num_tasks, [expert_hidden[-1], *tower_hidden, 1], activation, float(dropout), False
-        )
+        self.towers = make_towers(num_tasks, expert_hidden[-1], config, cascade)
 
     def shared_parameters(self) -> Iterator[nn.Parameter]:
         """The experts and gates of every level (the towers are each task's own)."""

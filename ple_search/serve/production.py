@@ -208,7 +208,7 @@ def predict(
         outputs = module.predict_outputs(torch.from_numpy(cat), torch.from_numpy(num)).numpy()
     else:
         outputs = run(cat, num)  # engines take the codes and numerics as transform returns them
-    result = pd.DataFrame(outputs, columns=module.schema.task_names, index=frame.index)
+    result = pd.DataFrame(outputs, columns=module.schema.output_names, index=frame.index)
     if weights:
         binary = [t.name for t in module.schema.tasks if t.kind.probability]
         bad = [t for t in weights if t not in binary]

@@ -30,6 +30,9 @@ def reference_point(dataset: Dataset, objectives: list[str]) -> list[float]:
     """Worst sensible value per objective: AUC 0.5; RMSE of predicting the train mean on validation."""
     ref = []
     for name in objectives:
+        if name not in dataset.schema.task_names:  # a dependent task's conditional AUC (conversion@click)
+            ref.append(0.5)
+            continue
         k = dataset.schema.task_names.index(name)
         if dataset.schema.tasks[k].kind.probability:
             ref.append(0.5)

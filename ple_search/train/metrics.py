@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from ple_search.data.schema import Task
+from ple_search.data.schema import Task, conditional_name
 
 
 def roc_auc(scores: Tensor, labels: Tensor) -> float:
@@ -37,12 +37,19 @@ def rmse(predictions: Tensor, targets: Tensor) -> float:
 
 
 def task_metrics(outputs: Tensor, labels: Tensor, tasks: Sequence[Task]) -> dict[str, float]:
-    """``{task_name: metric}`` over each task's labelled rows (raw outputs ``[N, T]``)."""
+    """``{task_name: metric}`` over each task's labelled rows (the head's outputs ``[N, T + D]``):
+    a dependent task's own metric is on its joint output over every row; its conditional output
+    gets ``{child}@{parent}``, the AUC over the parent's positive rows (``model.head``)."""
     result = {}
     for k, task in enumerate(tasks):
         known = ~torch.isnan(labels[:, k])
         out, y = outputs[known, k].float(), labels[known, k]
         result[task.name] = roc_auc(out, y) if task.kind.probability else rmse(out, y)
+    names = [t.name for t in tasks]
+    for i, task in enumerate(t for t in tasks if t.depends_on is not None):
+        k, parent = names.index(task.name), names.index(task.depends_on)
+        rows = (labels[:, parent] == 1) & ~torch.isnan(labels[:, k])
+        result[conditional_name(task)] = roc_auc(outputs[rows, len(tasks) + i].float(), labels[rows, k])
     return result
 
 

@@ -57,8 +57,8 @@ class PLEModule(pl.LightningModule):
             )  # fmt: skip
         groups = embedding_groups(config, len(schema.tasks))
         self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"], numeric, len(schema.numeric), groups)
-        self.model = build(config, self.encoder.out_dim, len(schema.tasks))
-        self.head = OutputHead(schema.tasks)
+        self.head = OutputHead(schema.tasks, config.task_relation)
+        self.model = build(config, self.encoder.out_dim, len(schema.tasks), self.head.cascade)
         self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
         self._epoch_loss_sum = torch.zeros(len(schema.tasks))
         self._epoch_steps = 0
@@ -66,22 +66,29 @@ class PLEModule(pl.LightningModule):
         self.last_metrics: dict[str, dict[str, float]] = {}
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
-        """Raw outputs ``[B, T]``: logits for binary tasks, values in the label's units for
-        regression tasks (the network predicts standardised values; see ``Task``)."""
+        """Raw outputs ``[B, T + D]``: logits for binary tasks (joint ones for dependent tasks),
+        values in the label's units for regression tasks (the network predicts standardised
+        values; see ``Task``), then each dependent task's conditional logit (``model.head``)."""
         return self.head(self.model(self.encoder(cat, num)))
 
     def predict_outputs(self, cat: Tensor, num: Tensor) -> Tensor:
-        """Serving outputs ``[B, T]``: probabilities for binary tasks, values for regression tasks."""
+        """Serving outputs ``[B, T + D]`` (``Schema.output_names``): probabilities for binary tasks,
+        values for regression tasks, then the dependent tasks' conditional probabilities."""
         return self.head.serve(self(cat, num))
 
     def task_losses(self, outputs: Tensor, labels: Tensor) -> Tensor:
-        """Per-task mean loss ``[T]`` over each task's labelled samples (NaN label = not in the task)."""
+        """Per-task mean loss ``[T]`` over each task's labelled samples (NaN label = not in the
+        task); for dependent tasks what the task relation compares (``OutputHead.training_targets``),
+        plus AITM's calibrator."""
+        calibration = self.head.calibration(outputs)
+        outputs, labels = self.head.training_targets(outputs, labels)
         known = ~torch.isnan(labels)
         safe = torch.where(known, labels, torch.zeros_like(labels))
         bce = F.binary_cross_entropy_with_logits(outputs, safe, reduction="none")
         mse = ((outputs - safe) / self.head.label_scale) ** 2  # standardised units: every task's loss near 1 at start
         per_sample = torch.where(self.head.is_binary, bce, mse) * known
-        return per_sample.sum(0) / known.sum(0).clamp_min(1)
+        losses = per_sample.sum(0) / known.sum(0).clamp_min(1)
+        return losses if calibration is None else losses + self.resolved["calibration_weight"] * calibration
 
     def training_step(self, batch: Batch, batch_idx: int) -> Tensor:
         cat, num, labels = batch
