@@ -44,11 +44,13 @@ def test_a_realistic_log_gets_every_decision_and_its_files_run_a_study(tmp_path,
     assert "task purchase: its positives are a subset of click's" in err and "a cascade click -> purchase" in err
     spec = yaml.safe_load((tmp_path / "events.spec.yaml").read_text())
     assert spec["categorical"] == ["user_id", "item_id", "device"] and spec["numeric"] == ["price"] and spec["log1p"] == ["price"]
-    assert set(spec["hash_buckets"]) == {"user_id"} and spec["split"] == {"time": "ts", "fractions": [0.8, 0.1, 0.1]}
+    assert set(spec["hash_buckets"]) == {"user_id"} and spec["split"] == {"by": "ts", "fractions": [0.8, 0.1, 0.1]}
+    assert spec["tasks"][1] == {"name": "purchase", "type": "binary", "depends_on": "click"}
     command = err.strip().splitlines()[-1]
     assert command.startswith("run it: ple-search run --study events --space search_spaces/events.yaml --trials ")
     space = yaml.safe_load((tmp_path / "search_spaces" / "events.yaml").read_text())
     assert space["objectives"] == ["click", "purchase"] and space["budget"]["max_epochs"] >= 3
+    assert space["params"]["task_relation"]["choices"] == ["esmm", "aitm", "independent"]
     argv = command.removeprefix("run it: ple-search ").split()
     argv[argv.index("--trials") + 1] = "2"
     assert main([*argv, "--quiet", "--max-epochs", "1"]) == 0  # the written spec and space, unchanged

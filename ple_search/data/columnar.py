@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ple_search.data.dataset import SPLITS, Dataset, Split, joint_labels, numeric_quantiles
-from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, log1p_checked, standardise
+from ple_search.data.preprocess import Preprocessor, category_text, hashed_codes, list_codes, list_items, list_vocabulary, log1p_checked, standardise
 from ple_search.data.schema import Schema, Task
 
 
@@ -190,7 +190,9 @@ def build(
     if parts is None:
         parts = split_rows(reader.column(spec["split"]["column"]))
     train = parts["train"]
-    arrays = {name: (np.empty((len(rows), len(categorical)), np.int32), np.empty((len(rows), len(numeric)), np.float32)) for name, rows in parts.items()}
+    lists = dict(spec.get("lists") or {})
+    width = len(categorical) + sum(e["max_len"] for e in lists.values())
+    arrays = {name: (np.empty((len(rows), width), np.int32), np.empty((len(rows), len(numeric)), np.float32)) for name, rows in parts.items()}
     vocabularies: dict[str, list[str]] = {}
     for j, col in enumerate(categorical):
         encoded = encode_categorical(reader.column(col))
@@ -202,6 +204,19 @@ def build(
         for name, rows in parts.items():
             arrays[name][0][:, j] = codes[rows]
         del encoded, codes
+        _give_back_memory()
+    fitted_lists: dict[str, dict[str, Any]] = {}
+    start = len(categorical)
+    for col, entry in lists.items():  # each list cell parsed once per distinct value (preprocess.list_items)
+        values, indices = dictionary(reader.column(col))
+        cells = pd.Series(np.append(values.to_numpy(dtype=object), None)[indices], dtype=object)
+        vocabulary = [] if col in buckets else list_vocabulary(list_items(cells.iloc[train], entry["sep"], entry["max_len"])[2], int(spec.get("min_count") or 1))
+        fitted_lists[col] = {"sep": entry["sep"], "max_len": int(entry["max_len"]), "values": vocabulary}
+        codes = list_codes(cells, fitted_lists[col], buckets.get(col))
+        for name, rows in parts.items():
+            arrays[name][0][:, start : start + entry["max_len"]] = codes[rows]
+        start += entry["max_len"]
+        del cells, codes
         _give_back_memory()
     stats: dict[str, dict[str, Any]] = {}
     for j, col in enumerate(numeric):
@@ -225,12 +240,12 @@ def build(
             labels.append(binary_labels(column, label_mappings[task["name"]]))
     label_array = joint_labels(np.stack(labels, axis=1), spec["tasks"], where)
     del labels
-    pre = Preprocessor(vocabularies, stats, buckets)
+    pre = Preprocessor(vocabularies, stats, buckets, fitted_lists)
     splits = {name: Split.from_numpy(*arrays[name], label_array[rows]) for name, rows in parts.items()}
     del label_array
     _give_back_memory()
     tasks = tuple(Task(t["name"], t["type"], depends_on=t["depends_on"]) for t in spec["tasks"])
-    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tasks, numeric_quantiles(splits["train"].num))
+    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tasks, numeric_quantiles(splits["train"].num), pre.list_features)
     dataset = Dataset(schema, splits["train"], splits["val"], splits["test"], pre, info)
     dataset.check_labels(where)
     return dataset

@@ -56,11 +56,11 @@ class Dataset:
 
     def __post_init__(self) -> None:
         # Fitted on the train split; a schema that already carries them (from the cache) keeps them.
-        self.schema = Schema(
-            self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric,
-            tuple(_with_label_scale(t, self.train.labels[:, k]) for k, t in enumerate(self.schema.tasks)),
-            self.schema.numeric_quantiles or numeric_quantiles(self.train.num),
-        )  # fmt: skip
+        self.schema = replace(
+            self.schema,
+            tasks=tuple(_with_label_scale(t, self.train.labels[:, k]) for k, t in enumerate(self.schema.tasks)),
+            numeric_quantiles=self.schema.numeric_quantiles or numeric_quantiles(self.train.num),
+        )
 
     def split(self, name: str) -> Split:
         return {"train": self.train, "val": self.val, "test": self.test}[name]
@@ -72,7 +72,9 @@ class Dataset:
             raise DataError(f"unknown task '{unknown[0]}'; tasks: {self.schema.task_names}")
         idx = [self.schema.task_names.index(n) for n in names]
         splits = [Split(s.cat, s.num, s.labels[:, idx]) for s in (self.train, self.val, self.test)]
-        schema = Schema(self.schema.categorical, self.schema.vocab_sizes, self.schema.numeric, tuple(self.schema.tasks[i] for i in idx), self.schema.numeric_quantiles)
+        # a dependent task without its parent is a task of its own, on its joint label
+        tasks = tuple(replace(t, depends_on=None) if t.depends_on not in names else t for t in (self.schema.tasks[i] for i in idx))
+        schema = replace(self.schema, tasks=tasks)
         return Dataset(schema, *splits, self.preprocessor, dict(self.info))
 
     def check_labels(self, where: str) -> None:
@@ -157,16 +159,19 @@ def from_frames(
     log1p: list[str] = (),
     min_count: int = 1,
     hash_buckets: dict[str, int] | None = None,
+    lists: dict[str, dict[str, Any]] | None = None,
     info: dict[str, Any] | None = None,
     where: str = "data",
 ) -> Dataset:
     """Fit preprocessing on ``frames["train"]``, transform every split and check the labels."""
-    pre = Preprocessor.fit(frames["train"], categorical, numeric, log1p=log1p, min_count=min_count, hash_buckets=hash_buckets, where=where)
+    pre = Preprocessor.fit(
+        frames["train"], categorical, numeric, log1p=log1p, min_count=min_count, hash_buckets=hash_buckets, lists=lists, where=where
+    )
     splits = {}
     for name in SPLITS:
         cat, num = pre.transform(frames[name], where)
         splits[name] = Split.from_numpy(cat, num, labels[name])
-    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tuple(tasks))
+    schema = Schema(tuple(categorical), pre.vocab_sizes, tuple(numeric), tuple(tasks), lists=pre.list_features)
     dataset = Dataset(schema, splits["train"], splits["val"], splits["test"], pre, dict(info or {}))
     dataset.check_labels(where)
     return dataset

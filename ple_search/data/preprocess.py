@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from ple_search.core.errors import DataError
+from ple_search.data.schema import ListFeature
 
 
 def to_numeric(values: pd.Series, where: str, column: str) -> np.ndarray:
@@ -93,6 +94,55 @@ def standardise(values: np.ndarray, stats: Mapping[str, Any], *, in_place: bool 
     return standard
 
 
+LIST_PAD, LIST_OTHER = 0, 1  # list slots: 0 = no item (padding), 1 = an item outside the vocabulary
+
+
+def list_items(cells: pd.Series, sep: str, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The items of a list-valued column: ``(row, slot, item)`` for each row's first ``max_len``
+    items, in order; an empty or missing cell is an empty list, items are stripped, empty items
+    dropped. Computed once per distinct cell (both data paths call this)."""
+    values = cells.to_numpy(dtype=object)
+    missing = pd.isna(values)
+    text = np.where(missing, "", values).astype(str)
+    distinct, inverse = np.unique(text, return_inverse=True)
+    parsed = [[item.strip() for item in cell.split(sep) if item.strip()][:max_len] for cell in distinct]
+    lengths = np.array([len(items) for items in parsed], dtype=np.int64)[inverse.reshape(-1)]
+    rows = np.repeat(np.arange(len(values)), lengths)
+    slots = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    flat = [item for items in parsed for item in items]
+    per_distinct_start = np.concatenate([[0], np.cumsum([len(items) for items in parsed])])
+    # the items of every row, gathered from its distinct cell's items
+    take = np.repeat(per_distinct_start[inverse.reshape(-1)], lengths) + slots
+    items = np.asarray(flat, dtype=object)[take] if flat else np.zeros(0, dtype=object)
+    return rows, slots, items
+
+
+def list_vocabulary(items: np.ndarray, min_count: int) -> list[str]:
+    """The items seen at least ``min_count`` times (in the train rows' lists), sorted."""
+    if not len(items):
+        return []
+    distinct, counts = np.unique(items.astype(str), return_counts=True)
+    return sorted(distinct[counts >= max(min_count, 1)].tolist())
+
+
+def list_codes(cells: pd.Series, entry: Mapping[str, Any], buckets: int | None) -> np.ndarray:
+    """``[N, max_len]`` int32 codes of a list column: ``LIST_PAD`` for empty slots, then per item
+    2 + its vocabulary index (``LIST_OTHER`` outside it), or 1 + its hash bucket (1..buckets)
+    with ``buckets``: a list's table has ``len(values) + 2`` (or ``buckets + 2``) rows."""
+    rows, slots, items = list_items(cells, entry["sep"], entry["max_len"])
+    codes = np.full((len(cells), entry["max_len"]), LIST_PAD, dtype=np.int32)
+    if len(items):
+        text = items.astype(str)
+        if buckets is not None:
+            distinct, inverse = np.unique(text, return_inverse=True)
+            values = hashed_codes(distinct, buckets)[inverse.reshape(-1)] + 1
+        else:
+            values = pd.Index(entry["values"]).get_indexer(text) + 2
+            values[values < 2] = LIST_OTHER
+        codes[rows, slots] = values
+    return codes
+
+
 @dataclass
 class Preprocessor:
     """Fitted vocabularies (``categorical[col]`` lists the values with codes 1..n; empty for a
@@ -102,6 +152,8 @@ class Preprocessor:
     categorical: dict[str, list[str]] = field(default_factory=dict)
     numeric: dict[str, dict[str, Any]] = field(default_factory=dict)
     hash_buckets: dict[str, int] = field(default_factory=dict)
+    # list-valued columns: {col: {"sep", "max_len", "values": vocabulary (empty when hashed)}}
+    lists: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
     def fit(
@@ -113,9 +165,14 @@ class Preprocessor:
         log1p: Sequence[str] = (),
         min_count: int = 1,
         hash_buckets: Mapping[str, int] | None = None,
+        lists: Mapping[str, Mapping[str, Any]] | None = None,
         where: str = "data",
     ) -> "Preprocessor":
         buckets = dict(hash_buckets or {})
+        fitted_lists = {}
+        for col, entry in (lists or {}).items():
+            values = [] if col in buckets else list_vocabulary(list_items(frame[col], entry["sep"], entry["max_len"])[2], min_count)
+            fitted_lists[col] = {"sep": entry["sep"], "max_len": int(entry["max_len"]), "values": values}
         vocab = {}
         for col in categorical:
             if col in buckets:
@@ -130,7 +187,7 @@ class Preprocessor:
             if col in log1p:
                 values = log1p_checked(values, where, col)
             stats[col] = cls.numeric_stats(values, col in log1p)
-        return cls(vocab, stats, buckets)
+        return cls(vocab, stats, buckets, fitted_lists)
 
     @staticmethod
     def numeric_stats(train_values: np.ndarray, log1p: bool) -> dict[str, Any]:
@@ -144,12 +201,20 @@ class Preprocessor:
     def vocab_sizes(self) -> tuple[int, ...]:
         return tuple(self.hash_buckets[c] + 1 if c in self.hash_buckets else len(v) + 1 for c, v in self.categorical.items())
 
+    @property
+    def list_features(self) -> tuple[ListFeature, ...]:
+        return tuple(
+            ListFeature(c, e["max_len"], self.hash_buckets[c] + 2 if c in self.hash_buckets else len(e["values"]) + 2) for c, e in self.lists.items()
+        )
+
     def transform(self, frame: pd.DataFrame, where: str = "data") -> tuple[np.ndarray, np.ndarray]:
-        """``(codes[N, C] int64, numeric[N, F] float32)``; a missing column is a ``DataError``."""
-        missing = [c for c in (*self.categorical, *self.numeric) if c not in frame.columns]
+        """``(codes[N, C + L] int64, numeric[N, F] float32)``: the categorical codes, then each
+        list column's slots; a missing column is a ``DataError``."""
+        missing = [c for c in (*self.categorical, *self.lists, *self.numeric) if c not in frame.columns]
         if missing:
             raise DataError(f"{where}: required column '{missing[0]}' is missing")
-        codes = np.zeros((len(frame), len(self.categorical)), dtype=np.int64)
+        slots = sum(e["max_len"] for e in self.lists.values())
+        codes = np.zeros((len(frame), len(self.categorical) + slots), dtype=np.int64)
         for j, (col, values) in enumerate(self.categorical.items()):
             text = category_text(frame[col])
             if col in self.hash_buckets:
@@ -157,6 +222,10 @@ class Preprocessor:
                 codes[:, j] = hashed_codes(distinct, self.hash_buckets[col])[inverse.reshape(-1)]
             else:
                 codes[:, j] = pd.Index(values).get_indexer(text) + 1
+        start = len(self.categorical)
+        for col, entry in self.lists.items():
+            codes[:, start : start + entry["max_len"]] = list_codes(frame[col], entry, self.hash_buckets.get(col))
+            start += entry["max_len"]
         num = np.zeros((len(frame), len(self.numeric)), dtype=np.float32)
         for j, (col, s) in enumerate(self.numeric.items()):
             values = to_numeric(frame[col], where, col)
@@ -166,11 +235,17 @@ class Preprocessor:
         return codes, num
 
     def to_dict(self) -> dict[str, Any]:
-        return {"categorical": self.categorical, "numeric": self.numeric, **({"hash_buckets": self.hash_buckets} if self.hash_buckets else {})}
+        return {
+            "categorical": self.categorical, "numeric": self.numeric,
+            **({"hash_buckets": self.hash_buckets} if self.hash_buckets else {}), **({"lists": self.lists} if self.lists else {}),
+        }  # fmt: skip
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "Preprocessor":
-        return cls(dict(data["categorical"]), dict(data["numeric"]), {k: int(v) for k, v in (data.get("hash_buckets") or {}).items()})
+        return cls(
+            dict(data["categorical"]), dict(data["numeric"]), {k: int(v) for k, v in (data.get("hash_buckets") or {}).items()},
+            {k: dict(v) for k, v in (data.get("lists") or {}).items()},
+        )  # fmt: skip
 
 
 def log1p_checked(values: np.ndarray, where: str, column: str, out: np.ndarray | None = None) -> np.ndarray:

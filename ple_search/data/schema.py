@@ -80,6 +80,17 @@ def conditional_name(task: Task) -> str:
 
 
 @dataclass(frozen=True)
+class ListFeature:
+    """A list-valued categorical column as the model sees it (a user's recent items, an item's
+    tags): ``max_len`` slots of codes into a table of ``vocab_size`` rows (0 = empty slot, 1 =
+    other), after the categorical codes, pooled into one embedding."""
+
+    name: str
+    max_len: int
+    vocab_size: int
+
+
+@dataclass(frozen=True)
 class Schema:
     """Feature names, categorical vocabulary sizes (code 0 is "other") and tasks."""
 
@@ -90,6 +101,7 @@ class Schema:
     # Per numeric feature, its train-split quantiles at levels 0, 1/64, ..., 1 (of the standardised
     # values the model sees): the bin edges of the quantile and piecewise-linear encodings.
     numeric_quantiles: tuple[tuple[float, ...], ...] = ()
+    lists: tuple[ListFeature, ...] = ()  # list-valued columns, their slots after the categorical codes
 
     @property
     def task_names(self) -> list[str]:
@@ -130,6 +142,7 @@ class Schema:
             "numeric": list(self.numeric),
             "tasks": [t.to_dict() for t in self.tasks],
             **({"numeric_quantiles": [list(q) for q in self.numeric_quantiles]} if self.numeric_quantiles else {}),
+            **({"lists": [{"name": f.name, "max_len": f.max_len, "vocab_size": f.vocab_size} for f in self.lists]} if self.lists else {}),
         }
 
     @classmethod
@@ -144,4 +157,5 @@ class Schema:
                 Task(t["name"], t["type"], float(t.get("shift", 0.0)), float(t.get("scale", 1.0)), t.get("depends_on")) for t in data["tasks"]
             ),
             numeric_quantiles=tuple(tuple(float(v) for v in q) for q in data.get("numeric_quantiles", ())),
+            lists=tuple(ListFeature(str(f["name"]), int(f["max_len"]), int(f["vocab_size"])) for f in data.get("lists", ())),
         )

@@ -4,6 +4,7 @@
 file: events.csv              # relative to this spec file
 categorical: [country, device]
 numeric: [age, price]
+lists: {recent_items: {sep: "|", max_len: 50}}  # optional: list-valued categorical columns (text)
 log1p: [price]                # optional: heavy-tailed numeric columns
 min_count: 5                  # optional: rarer categories share the "other" code
 hash_buckets: {user_id: 100000}  # optional: these columns hash into N codes instead of a vocabulary
@@ -35,7 +36,8 @@ from ple_search.data.schema import TASK_TYPES, Task
 from ple_search.core.errors import DataError
 from ple_search.core.files import read_yaml
 
-SPEC_KEYS = {"file", "format", "categorical", "numeric", "log1p", "min_count", "hash_buckets", "tasks", "split"}
+SPEC_KEYS = {"file", "format", "categorical", "numeric", "lists", "log1p", "min_count", "hash_buckets", "tasks", "split"}
+MAX_LIST_LEN = 1024
 TASK_KEYS = {"name", "column", "type", "labels", "depends_on"}
 FORMATS = ("csv", "parquet")
 
@@ -55,8 +57,9 @@ def read_spec(path: Path) -> dict[str, Any]:
         spec[key] = list(spec.get(key) or [])
         if not all(isinstance(c, str) for c in spec[key]):
             raise DataError(f"{path}: '{key}' must be a list of column names")
-    if not spec["categorical"] and not spec["numeric"]:
-        raise DataError(f"{path}: no features: list columns under 'categorical' and/or 'numeric'")
+    spec["lists"] = _lists_spec(path, spec.get("lists"), spec)
+    if not spec["categorical"] and not spec["numeric"] and not spec["lists"]:
+        raise DataError(f"{path}: no features: list columns under 'categorical', 'numeric' and/or 'lists'")
     for key in ("categorical", "numeric"):
         twice = sorted({c for c in spec[key] if spec[key].count(c) > 1})
         if twice:
@@ -71,8 +74,8 @@ def read_spec(path: Path) -> dict[str, Any]:
     if not isinstance(buckets, dict):
         raise DataError(f"{path}: 'hash_buckets' must map categorical column names to bucket counts, e.g. {{user_id: 100000}}")
     for column, n in buckets.items():
-        if column not in spec["categorical"]:
-            raise DataError(f"{path}: hash_buckets column '{column}' is not listed under 'categorical'")
+        if column not in spec["categorical"] and column not in spec["lists"]:
+            raise DataError(f"{path}: hash_buckets column '{column}' is not listed under 'categorical' or 'lists'")
         if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 2**30:
             raise DataError(f"{path}: hash_buckets for '{column}' is {n!r}; give a whole number of buckets from 1 to {2**30}")
     spec["hash_buckets"] = {str(c): int(n) for c, n in buckets.items()}
@@ -97,6 +100,29 @@ def read_spec(path: Path) -> dict[str, Any]:
             raise DataError(f"{path}: task '{task['name']}' depends_on '{parent}': both must be binary tasks (a conversion given a click)")
     spec["split"] = _split_spec(path, spec.get("split") or {"fractions": [0.8, 0.1, 0.1], "seed": 0})
     return spec
+
+
+def _lists_spec(path: Path, lists: Any, spec: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """``{column: {sep, max_len}}``: list-valued categorical columns, items joined by ``sep`` in
+    one text cell (an empty cell is an empty list), each row's first ``max_len`` items kept."""
+    if lists is None:
+        return {}
+    example = 'e.g. lists: {recent_items: {sep: "|", max_len: 50}}'
+    if not isinstance(lists, dict):
+        raise DataError(f"{path}: 'lists' must map column names to {{sep, max_len}}, {example}")
+    out = {}
+    for column, entry in lists.items():
+        if column in spec["categorical"] or column in spec["numeric"]:
+            raise DataError(f"{path}: list column '{column}' is also under '{'categorical' if column in spec['categorical'] else 'numeric'}'; keep it under one")
+        if not isinstance(entry, dict) or set(entry) - {"sep", "max_len"}:
+            raise DataError(f"{path}: lists.{column} must be a mapping with 'sep' and 'max_len', {example}")
+        sep, max_len = entry.get("sep", "|"), entry.get("max_len")
+        if not isinstance(sep, str) or not sep:
+            raise DataError(f"{path}: lists.{column}.sep must be a non-empty text (the separator between items), got {sep!r}")
+        if isinstance(max_len, bool) or not isinstance(max_len, int) or not 1 <= max_len <= MAX_LIST_LEN:
+            raise DataError(f"{path}: lists.{column}.max_len must be a whole number from 1 to {MAX_LIST_LEN} (items kept per row), got {max_len!r}")
+        out[str(column)] = {"sep": sep, "max_len": max_len}
+    return out
 
 
 def _task_spec(path: Path, task: Any) -> dict[str, Any]:
@@ -313,6 +339,7 @@ def _assign_splits(frame: pd.DataFrame, file: Path, split: Mapping[str, Any]) ->
 
 def _needed(spec: Mapping[str, Any]) -> list[tuple[str, str]]:
     needed = [(c, "categorical feature") for c in spec["categorical"]] + [(c, "numeric feature") for c in spec["numeric"]]
+    needed += [(c, "list feature") for c in spec["lists"]]
     needed += [(t["column"], f"label of task '{t['name']}'") for t in spec["tasks"]]
     if "column" in spec["split"]:
         needed.append((spec["split"]["column"], "split column"))
@@ -325,7 +352,7 @@ def _check_columns(spec: Mapping[str, Any], file: Path, columns: list[Any]) -> N
     for column, role in _needed(spec):
         if column not in columns:
             raise DataError(f"{file}: column '{column}' ({role}) not found; columns are {list(columns)}")
-    features = set(spec["categorical"]) | set(spec["numeric"])
+    features = set(spec["categorical"]) | set(spec["numeric"]) | set(spec["lists"])
     clash = [t["column"] for t in spec["tasks"] if t["column"] in features]
     if clash:
         raise DataError(f"{file}: column '{clash[0]}' is both a feature and a task label")
@@ -336,7 +363,7 @@ def _build_columnar(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -
     binary = [t["column"] for t in spec["tasks"] if t["type"] == "binary"]
     regression = [t["column"] for t in spec["tasks"] if t["type"] == "regression"]
     split = [spec["split"]["column"]] if "column" in spec["split"] else []
-    reader = columnar.Reader(file, spec["format"], [*spec["categorical"], *binary, *split], [*spec["numeric"], *regression])
+    reader = columnar.Reader(file, spec["format"], [*spec["categorical"], *spec["lists"], *binary, *split], [*spec["numeric"], *regression])
     _check_columns(spec, file, reader.names)
     if reader.rows == 0:
         raise columnar.Irregular("no rows")
@@ -364,5 +391,5 @@ def _build_pandas(spec: Mapping[str, Any], file: Path, info: dict[str, Any]) -> 
     return from_frames(
         frames, {name: labels[idx] for name, idx in parts.items()}, spec["categorical"], spec["numeric"],
         tasks=[Task(t["name"], t["type"], depends_on=t["depends_on"]) for t in spec["tasks"]], log1p=spec["log1p"],
-        min_count=int(spec.get("min_count") or 1), hash_buckets=spec["hash_buckets"], info=info, where=str(file),
+        min_count=int(spec.get("min_count") or 1), hash_buckets=spec["hash_buckets"], lists=spec["lists"], info=info, where=str(file),
     )  # fmt: skip

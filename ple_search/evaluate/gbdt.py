@@ -28,7 +28,7 @@ MAX_NATIVE_CATEGORIES = 255
 
 
 def _features(split: Any, vocab_sizes: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-    cat, num = split.cat.numpy(), split.num.numpy()
+    cat, num = split.cat.numpy()[:, : len(vocab_sizes)], split.num.numpy()  # list-valued columns' slots are left out
     x = np.concatenate([cat.astype(np.float64), num.astype(np.float64)], axis=1)
     native = np.array([v <= MAX_NATIVE_CATEGORIES for v in vocab_sizes] + [False] * num.shape[1], dtype=bool)
     return x, native

@@ -35,6 +35,21 @@ def architecture(hp: dict[str, Any], num_tasks: int) -> str:
 TASK_METRICS = ("auc", "rmse")
 
 
+def companions(record: StudyRecord) -> list[str]:
+    """The other metric of each dependent task an objective names: its conditional AUC
+    (``conversion@click``) beside its joint one, or the joint beside the conditional; the report
+    shows both."""
+    from ple_search.data.schema import Schema, conditional_name
+
+    objectives = set(record.task_objectives())
+    out = []
+    for task in Schema.from_dict(record.schema).dependent:
+        pair = (task.name, conditional_name(task))
+        if objectives & set(pair):
+            out += [n for n in pair if n not in objectives]
+    return out
+
+
 def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list[float], test: dict[str, Any], epochs_key: str) -> dict[str, Any]:
     hp = trial.user_attrs.get(HPARAMS, {})
     names = record.objectives
@@ -44,7 +59,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
         "rank": rank,
         "pareto": rank == 0,
         "values": dict(zip(names, values)),
-        "test": {k: test.get(k) for k in record.task_objectives()},  # a serving cost has no test value
+        "test": {k: test.get(k) for k in [*record.task_objectives(), *companions(record)]},  # a serving cost has no test value
         "architecture": architecture(hp, len(record.schema["tasks"])) if hp else "",
         "n_params": trial.user_attrs.get(N_PARAMS),
         "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
@@ -149,6 +164,7 @@ def report(study: optuna.Study, include_all: bool = False, confirmed: bool = Fal
         "study": study.study_name,
         "view": "confirmed" if confirmed else "search",
         "objectives": [{"name": n, "metric": m, "direction": d} for n, m, d in zip(names, record.metrics, directions)],
+        **({"also_tested": companions(record)} if companions(record) else {}),
         "reference_point": record.reference_point,
         "hypervolume": hypervolume(values[ranks == 0], directions, record.reference_point),
         "counts": state_counts(study),
@@ -175,7 +191,8 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     tasks = [o["name"] for o in data["objectives"] if o["metric"] in TASK_METRICS]
     transfer = data.get("baselines") is not None
     rank_name = "on front" if data.get("view") == "confirmed" else "rank"
-    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in tasks]]
+    shown = [*tasks, *data.get("also_tested", [])]  # a dependent task's joint and conditional AUC, both
+    header = ["trial", rank_name, *[f"val {n}" for n in names], *[f"test {n}" for n in shown]]
     header += [*[f"gain {n}" for n in tasks], "transfer"] if transfer else []
     trees = "gbdt" in data
     header += [f"vs GBDT {n}" for n in tasks] if trees else []
@@ -188,7 +205,7 @@ def table_rows(data: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         rank = "pruned" if r["rank"] is None else ("yes" if r["rank"] == 0 else "no") if data.get("view") == "confirmed" else str(r["rank"])
         row = [str(r["number"]), rank]
         row += [_fmt(r["values"][n], (r.get("values_std") or {}).get(n)) for n in names]
-        row += [_fmt(r["test"][n], (r.get("test_std") or {}).get(n)) for n in tasks]
+        row += [_fmt(r["test"].get(n), (r.get("test_std") or {}).get(n)) for n in shown]
         if transfer:
             row += [f"{r['gain'][n]:+.4f}" if "gain" in r else "-" for n in tasks] + [r.get("transfer") or "-"]
         if trees:

@@ -4,6 +4,7 @@ learned numeric encoding; the dense input every architecture reads."""
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -70,6 +71,33 @@ class NumericEncoder(nn.Module):
         return (torch.relu(out) if self.kind == "periodic" else out).flatten(1)
 
 
+class ListPooling(nn.Module):
+    """List-valued columns to one embedding each: ``codes [B, S]`` (every list's ``max_len`` slots
+    side by side, 0 = empty) -> ``[B, lists, d]``, the mean (or sum) of each list's items'
+    embeddings, empty slots left out (an empty list is zeros). One table for all lists (per-list
+    offsets), one lookup and one masked matrix product for every list at once: the batched
+    equivalent of ``nn.EmbeddingBag`` per list, which ONNX and tracing take as plain ops."""
+
+    def __init__(self, lists: Sequence[tuple[int, int]], dim: int, pooling: str) -> None:
+        super().__init__()
+        lengths = [int(n) for n, _ in lists]
+        sizes = [int(v) for _, v in lists]
+        starts = torch.tensor([0, *sizes[:-1]], dtype=torch.long).cumsum(0)
+        self.register_buffer("offsets", torch.repeat_interleave(starts, torch.tensor(lengths)), persistent=False)  # [S]
+        owner = torch.repeat_interleave(torch.arange(len(lists)), torch.tensor(lengths))
+        self.register_buffer("assign", nn.functional.one_hot(owner, len(lists)).float(), persistent=False)  # [S, lists]
+        self.table = nn.Embedding(sum(sizes), dim)
+        self.mean = pooling == "mean"
+
+    def forward(self, codes: Tensor) -> Tensor:
+        present = (codes > 0).to(self.table.weight.dtype)  # [B, S]
+        items = self.table(codes + self.offsets) * present.unsqueeze(-1)  # [B, S, d]
+        pooled = torch.einsum("bsd,sl->bld", items, self.assign)
+        if self.mean:
+            pooled = pooled / (present @ self.assign).clamp_min(1).unsqueeze(-1)
+        return pooled
+
+
 class FeatureEncoder(nn.Module):
     """Categorical codes through one embedding table (per-feature offsets), concatenated with the
     numeric features as they are (``standard``: ``[B, C*embedding_dim + F]``) or encoded by
@@ -80,16 +108,29 @@ class FeatureEncoder(nn.Module):
     own embeddings and the same numeric part; ``out_dim`` is one group's width D."""
 
     def __init__(
-        self, vocab_sizes: tuple[int, ...], embedding_dim: int, numeric: NumericEncoder | None = None, num_numeric: int = 0, groups: int = 1
-    ) -> None:
+        self, vocab_sizes: tuple[int, ...], embedding_dim: int, numeric: NumericEncoder | None = None, num_numeric: int = 0, groups: int = 1,
+        lists: Sequence[tuple[int, int]] = (), pooling: str = "mean",
+    ) -> None:  # fmt: skip
+        """``lists``: ``(max_len, vocab_size)`` of each list-valued column, whose slots follow
+        the categorical codes; each list is pooled (``mean`` or ``sum`` of its items' embeddings,
+        empty slots left out) into one embedding per group, placed after the categorical ones."""
         super().__init__()
+        self.pools = ListPooling(lists, embedding_dim * groups, pooling) if lists else None
+        self.categorical = len(vocab_sizes)
         offsets = torch.tensor([0, *vocab_sizes[:-1]], dtype=torch.long).cumsum(0)[: len(vocab_sizes)]
         self.register_buffer("offsets", offsets, persistent=False)
         self.groups, self.embedding_dim = groups, embedding_dim
         self.embedding = nn.Embedding(max(sum(vocab_sizes), 1), embedding_dim * groups)
         self.numeric = numeric
-        self.out_dim = len(vocab_sizes) * embedding_dim + (num_numeric * embedding_dim if numeric is not None else num_numeric)
-        self.has_categorical = bool(vocab_sizes)
+        self.out_dim = (len(vocab_sizes) + len(lists)) * embedding_dim + (num_numeric * embedding_dim if numeric is not None else num_numeric)
+        self.has_categorical = bool(vocab_sizes) or bool(lists)
+
+    def embedded(self, cat: Tensor) -> Tensor:
+        """``[B, C + lists, G*d]``: each categorical code's embedding, then each pooled list."""
+        scalar = self.embedding(cat[:, : self.categorical] + self.offsets)
+        if self.pools is None:
+            return scalar
+        return torch.cat([scalar, self.pools(cat[:, self.categorical :])], dim=1)
 
     def forward(self, cat: Tensor, num: Tensor) -> Tensor:
         if self.numeric is not None:
@@ -97,10 +138,10 @@ class FeatureEncoder(nn.Module):
         if self.groups == 1:
             if not self.has_categorical:
                 return num
-            return torch.cat([self.embedding(cat + self.offsets).flatten(1), num], dim=1)
+            return torch.cat([self.embedded(cat).flatten(1), num], dim=1)
         g = self.groups
         numeric = num.expand(g, -1, -1)
         if not self.has_categorical:
             return numeric
-        embedded = self.embedding(cat + self.offsets).unflatten(-1, (g, self.embedding_dim))  # [B, C, G, d]
+        embedded = self.embedded(cat).unflatten(-1, (g, self.embedding_dim))  # [B, C, G, d]
         return torch.cat([embedded.permute(2, 0, 1, 3).flatten(2), numeric], dim=2)  # [G, B, C*d + F']

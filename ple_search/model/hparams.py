@@ -23,7 +23,8 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 EXPERT_TYPES = ("mlp", "cross")
 GATE_TYPES = ("softmax", "dselect_k")
 EMBEDDING_SHARING = ("shared", "task_specific", "shared_and_specific")
-TASK_RELATIONS = ("independent", "esmm", "aitm")  # model.head.RELATIONS; a test keeps both equal
+TASK_RELATIONS = ("independent", "esmm", "aitm")
+LIST_POOLINGS = ("mean", "sum")  # model.head.RELATIONS; a test keeps both equal
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
@@ -65,6 +66,7 @@ class PLEConfig:
     activation: str = "relu"
     # The module around it (PLEModule).
     embedding_dim: int = 4  # per categorical feature (and per numeric one, with a numeric encoding)
+    list_pooling: str = "mean"  # list-valued features: mean | sum of the items' embeddings
     numeric_encoding: str = "standard"  # standard | quantile | piecewise | periodic (Gorishniy et al., 2022)
     numeric_bins: int = 16  # quantile, piecewise: bins at train-split quantiles (a divisor of 64)
     periodic_frequencies: int = 16  # periodic: k learned frequencies per feature
@@ -123,6 +125,8 @@ class PLEConfig:
             raise _invalid("precision", self.precision, f"must be one of {list(PRECISIONS)}")
         if self.optimizer not in OPTIMIZERS:
             raise _invalid("optimizer", self.optimizer, f"must be one of {list(OPTIMIZERS)}")
+        if self.list_pooling not in LIST_POOLINGS:
+            raise _invalid("list_pooling", self.list_pooling, f"must be one of {list(LIST_POOLINGS)}")
         if self.task_relation not in TASK_RELATIONS:
             raise _invalid("task_relation", self.task_relation, f"must be one of {list(TASK_RELATIONS)}")
         self.calibration_weight = _number("calibration_weight", self.calibration_weight, allow_zero=True)

@@ -38,7 +38,8 @@ def example_inputs(module: PLEModule, batch_size: int, seed: int = 0) -> tuple[T
     """Valid random inputs: codes within each feature's vocabulary, standard-normal numerics."""
     generator = torch.Generator().manual_seed(seed)
     sizes = module.schema.vocab_sizes
-    cat = torch.stack([torch.randint(0, v, (batch_size,), generator=generator) for v in sizes], 1) if sizes else torch.zeros(batch_size, 0, dtype=torch.long)
+    slots = [v for v in sizes] + [f.vocab_size for f in module.schema.lists for _ in range(f.max_len)]  # list slots: 0 = empty
+    cat = torch.stack([torch.randint(0, v, (batch_size,), generator=generator) for v in slots], 1) if slots else torch.zeros(batch_size, 0, dtype=torch.long)
     num = torch.randn(batch_size, len(module.schema.numeric), generator=generator)
     return cat, num
 

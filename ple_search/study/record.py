@@ -121,8 +121,9 @@ class StudyRecord:
         )  # fmt: skip
 
     def task_objectives(self) -> list[str]:
-        """The objectives that are tasks (the others are serving costs, minimised)."""
-        tasks = {t["name"] for t in self.schema.get("tasks", [])}
+        """The objectives that are tasks, or a dependent task's conditional output
+        (``conversion@click``); the others are serving costs, minimised."""
+        tasks = set(Schema.from_dict(self.schema).output_names) if self.schema.get("tasks") else set()
         return [name for name in self.objectives if name in tasks] if tasks else list(self.objectives)
 
     def tasks(self) -> list[Task]:

@@ -123,21 +123,32 @@ def _positives(values: list[Any], task: dict[str, Any]) -> list[bool | None]:
 
 
 def _cascades(tasks: list[dict[str, Any]], kept: dict[str, list[Any]]) -> list[str]:
-    """Binary tasks whose positives all lie among another task's positives (click -> purchase)."""
+    """Binary tasks whose positives all lie among another task's positives (click -> purchase):
+    each gets ``depends_on`` its parent (the first such, the one with the fewest positives), and
+    the list is reordered so parents come first."""
     binary = [t for t in tasks if t["type"] == "binary"]
     positives = {t["name"]: _positives(kept[t["name"]], t) for t in binary}
     notes = []
     for child in binary:
-        for parent in binary:
-            if child is parent:
+        for parent in sorted(binary, key=lambda t: sum(1 for v in positives[t["name"]] if v)):
+            if child is parent or parent.get("depends_on") == child["name"] or "depends_on" in child:
                 continue
             c, pa = positives[child["name"]], positives[parent["name"]]
             child_positive = [i for i, v in enumerate(c) if v]
             if child_positive and all(pa[i] for i in child_positive) and sum(1 for v in pa if v) > len(child_positive):
+                child["depends_on"] = parent["name"]
                 notes.append(
                     f"task {child['name']}: its positives are a subset of {parent['name']}'s ({len(child_positive):,} of "
-                    f"{sum(1 for v in pa if v):,}): a cascade {parent['name']} -> {child['name']}"
+                    f"{sum(1 for v in pa if v):,}): a cascade {parent['name']} -> {child['name']} (depends_on; the space searches "
+                    "task_relation: independent, esmm, aitm)"
                 )
+    ordered: list[dict[str, Any]] = []
+    while len(ordered) < len(tasks):  # parents first, otherwise the given order
+        for task in tasks:
+            if task not in ordered and (task.get("depends_on") is None or any(t["name"] == task["depends_on"] for t in ordered)):
+                ordered.append(task)
+                break
+    tasks[:] = ordered
     return notes
 
 
@@ -182,7 +193,7 @@ def plan(table: Path, tasks: list[str], *, time_column: str | None = None, name:
     if not categorical and not numeric:
         raise DataError(f"--table {table}: no column is usable as a feature (see the decisions above)")
     if time_column is not None:
-        split = {"time": time_column, "fractions": FRACTIONS}
+        split = {"by": time_column, "fractions": FRACTIONS}
         decisions.append(f"split: by time on {time_column}: the earliest 80% of rows train, the next 10% validate, the latest 10% test")
     elif split_column:
         split = {"column": split_column}
@@ -195,12 +206,13 @@ def plan(table: Path, tasks: list[str], *, time_column: str | None = None, name:
     spec.update({"log1p": log1p} if log1p else {})
     spec.update({"hash_buckets": buckets} if buckets else {})
     spec.update({"tasks": task_specs, "split": split})
-    return Plan(name, spec, _space(name, tasks, bool(numeric)), decisions)
+    cascade = any("depends_on" in t for t in task_specs)
+    return Plan(name, spec, _space(name, [t["name"] for t in task_specs], bool(numeric), cascade), decisions)
 
 
-def _space(name: str, tasks: list[str], has_numeric: bool) -> dict[str, Any]:
+def _space(name: str, tasks: list[str], has_numeric: bool, cascade: bool = False) -> dict[str, Any]:
     """The shipped census space's searched keys (PLE, CGC, MMoE, shared-bottom and the balancing
-    methods), on this table's spec and tasks."""
+    methods), on this table's spec and tasks; with dependent tasks also the task relation."""
     from importlib.resources import files
 
     shipped = yaml.safe_load(files("ple_search.search_spaces").joinpath("census.yaml").read_text())
@@ -208,6 +220,9 @@ def _space(name: str, tasks: list[str], has_numeric: bool) -> dict[str, Any]:
     if not has_numeric:
         for key in ("numeric_encoding", "numeric_bins", "periodic_frequencies", "periodic_sigma"):
             params.pop(key, None)
+    if cascade:
+        params["task_relation"] = {"type": "categorical", "choices": ["esmm", "aitm", "independent"]}
+        params["calibration_weight"] = {"type": "float", "low": 0.1, "high": 1.0, "when": {"task_relation": "aitm"}}
     return {
         "dataset": {"name": f"{name}.spec.yaml"},
         "objectives": list(tasks),

@@ -56,7 +56,8 @@ class PLEModule(pl.LightningModule):
                 config.numeric_encoding, quantiles, config.embedding_dim, config.numeric_bins, config.periodic_frequencies, config.periodic_sigma,
             )  # fmt: skip
         groups = embedding_groups(config, len(schema.tasks))
-        self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"], numeric, len(schema.numeric), groups)
+        lists = [(f.max_len, f.vocab_size) for f in schema.lists]
+        self.encoder = FeatureEncoder(schema.vocab_sizes, resolved["embedding_dim"], numeric, len(schema.numeric), groups, lists, config.list_pooling)
         self.head = OutputHead(schema.tasks, config.task_relation)
         self.model = build(config, self.encoder.out_dim, len(schema.tasks), self.head.cascade)
         self.weighting = make_weighting(resolved["loss_weighting"], schema.task_names, resolved, self.model)
