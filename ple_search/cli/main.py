@@ -97,6 +97,12 @@ def _new_folder(text: str) -> str:
     return _writable_place(text)
 
 
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port: give a whole number from 1 to 65535")
+    return int(text)
+
+
 # Every numeric option of every command, with what it allows: one table, one check each.
 COUNT = _number(int, 1)  # trials, jobs, seeds, epochs, threads, top
 INDEX = _number(int, 0)  # seeds and trial numbers
@@ -184,6 +190,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     studies = sub.add_parser("studies", help="list the studies in a storage")
     _storage_arg(studies)
+
+    proxy = sub.add_parser("storage-proxy", help="serve a storage to many workers through Optuna's gRPC storage proxy (--storage grpc://HOST:PORT)")
+    proxy.add_argument("--storage", required=True, help="the storage behind the proxy: an RDB URL (postgresql://..., sqlite:///...) or a journal file")
+    proxy.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for every interface)")
+    proxy.add_argument("--port", type=_port, default=13000, help="port to listen on (default 13000)")
 
     export = sub.add_parser("export", help="write one trial's config as a self-contained YAML")
     export.add_argument("--study", required=True)
@@ -510,6 +521,13 @@ def cmd_studies(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_storage_proxy(args: argparse.Namespace) -> int:
+    from ple_search.study.storage import serve_proxy
+
+    serve_proxy(args.storage, args.host, args.port, notify=_notice)
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from ple_search.evaluate.export import Pick, build_config
     from ple_search.serve.exported import write_config
@@ -669,6 +687,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = {
         "pareto": cmd_pareto, "studies": cmd_studies, "export": cmd_export, "train": cmd_train,
         "predict": cmd_predict, "baselines": cmd_baselines, "confirm": cmd_confirm, "init": cmd_init, "explain": cmd_explain,
+        "storage-proxy": cmd_storage_proxy,
     }  # fmt: skip
     return _guarded(lambda: commands[args.command](args))
 

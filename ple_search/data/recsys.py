@@ -24,8 +24,9 @@ one chunk of memory; deterministic for a seed.
 
 ``load_recsys`` writes the table once per set of options (beside the preprocessed-data cache) with
 a dataset spec: categorical user, item, category, device, hour; numeric position, price, user
-age; tasks click, conversion (``depends_on: click``) and watch_time; a time split (the latest days
-test). It then loads it like any user's table (the Arrow path, the memory-mapped cache).
+age; list-valued ``recent_items`` (up to ``history`` of the user's history: items it has most
+affinity for, so they say who the user is) and ``tags`` (an item's; they follow its factors);
+tasks click, conversion (``depends_on: click``) and watch_time; a time split (the latest days test). It then loads it like any user's table (the Arrow path, the memory-mapped cache).
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ from ple_search.core.errors import DataError
 
 CHUNK = 250_000
 CATEGORIES = 400
+TAGS = 48  # an item's tags name the largest of its factors' signs (2 * factors) and its category's group
+HISTORY = 20  # items in a user's history, of which an impression shows a recent few
+POOL = 2_000  # a history is drawn from the most popular items
 DEVICES = ("ios", "android", "web")
 SPEC = """file: events.parquet
 categorical: [user_id, item_id, category, device, hour]
 numeric: [position, price, user_age]
+lists: {{recent_items: {{sep: "|", max_len: {history}}}, tags: {{sep: "|", max_len: 3}}}}
 log1p: [price]
 min_count: {min_count}
 tasks:
@@ -103,6 +108,17 @@ class _World:
         self.cdf = np.cumsum(popularity / popularity.sum())
         self.order = rng.permutation(items)  # popularity rank -> item id, so ids carry no rank
         self.users, self.items = users, items
+        # each user's history: popular items it has the most affinity for (Gumbel-perturbed top)
+        popular = self.order[: min(POOL, items)]
+        self.history = np.empty((users, min(HISTORY, len(popular))), dtype=np.int64)
+        for lo in range(0, users, 4096):
+            scores = self.user[lo : lo + 4096] @ self.item[popular].T + rng.gumbel(size=(min(4096, users - lo), len(popular)))
+            self.history[lo : lo + 4096] = popular[np.argsort(-scores, axis=1)[:, : self.history.shape[1]]]
+        # an item's tags: the sign pattern of its two largest factors, and its category's group
+        top = np.argsort(-np.abs(self.item), axis=1)[:, :2]
+        signs = np.take_along_axis(self.item, top, 1) > 0
+        first, second = 2 * top[:, 0] + signs[:, 0], 2 * top[:, 1] + signs[:, 1]
+        self.tags = np.array([f"t{a % TAGS}|t{b % TAGS}|g{c % 8}" for a, b, c in zip(first, second, self.category)], dtype=object)
 
     def impressions(self, rng: np.random.Generator, n: int, t: np.ndarray) -> dict[str, np.ndarray]:
         """``n`` impressions at day fractions ``t`` in [0, 1]: ids, features and the two affinities."""
@@ -114,10 +130,18 @@ class _World:
         affinity2 = np.einsum("nf,nf->n", self.user2[user], self.item2[item])
         return {"user": user, "item": item, "position": position, "affinity": affinity, "affinity2": affinity2}
 
+    def recent(self, rng: np.random.Generator, user: np.ndarray, max_len: int) -> np.ndarray:
+        """Each impression's recent items: 0 to ``max_len`` of its user's history, joined by "|"."""
+        counts = rng.integers(0, max_len + 1, len(user))
+        start = rng.integers(0, self.history.shape[1], len(user))
+        width = self.history.shape[1]
+        names = np.char.add("i", self.history.astype(str)).astype(object)
+        return np.array(["|".join(names[u, (s + np.arange(c)) % width]) for u, s, c in zip(user, start, counts)], dtype=object)
+
 
 def write(
     path: str | Path, n: int = 200_000, *, users: int = 20_000, items: int = 200_000, zipf: float = 1.05, relatedness: float = 0.5,
-    days: int = 14, click_rate: float = 0.04, conversion_rate: float = 0.08, factors: int = 8, seed: int = 0,
+    days: int = 14, click_rate: float = 0.04, conversion_rate: float = 0.08, factors: int = 8, seed: int = 0, history: int = 10,
 ) -> Path:  # fmt: skip
     """Write ``n`` impressions in time order to the Parquet file ``path`` (atomically); returns it."""
     import pyarrow as pa
@@ -158,6 +182,8 @@ def write(
                 "position": pa.array(imp["position"].astype(np.int32)),
                 "price": pa.array(world.price[item]),
                 "user_age": pa.array(world.age[user].astype(np.int32)),
+                "recent_items": pa.array(world.recent(rng, user, history)),
+                "tags": pa.array(world.tags[item]),
                 "click": pa.array(click.astype(np.int8)),
                 "conversion": pa.array((click & converts).astype(np.int8)),
                 "watch_time": pa.array(np.where(click, np.round(seconds, 1), np.nan)),
@@ -180,7 +206,7 @@ def write(
 
 def load_recsys(
     n: int = 200_000, *, users: int = 20_000, items: int = 200_000, zipf: float = 1.05, relatedness: float = 0.5, days: int = 14,
-    click_rate: float = 0.04, conversion_rate: float = 0.08, factors: int = 8, seed: int = 0, min_count: int = 3,
+    click_rate: float = 0.04, conversion_rate: float = 0.08, factors: int = 8, seed: int = 0, history: int = 10, min_count: int = 3,
     data_dir: str | None = None, use_cache: bool = True,
 ) -> Any:  # fmt: skip
     """The generated logs as a dataset: written once per options under ``data_dir`` (default
@@ -189,8 +215,10 @@ def load_recsys(
     from ple_search.data.table import load_table
 
     options = {"n": n, "users": users, "items": items, "zipf": zipf, "relatedness": relatedness, "days": days,
-               "click_rate": click_rate, "conversion_rate": conversion_rate, "factors": factors, "seed": seed}  # fmt: skip
+               "click_rate": click_rate, "conversion_rate": conversion_rate, "factors": factors, "seed": seed, "history": history}  # fmt: skip
     _check(n, users, items, zipf, relatedness, days, click_rate, conversion_rate, factors)
+    if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history <= HISTORY:
+        raise DataError(f"recsys: history = {history!r} must be a whole number from 1 to {HISTORY} (recent items per impression, at most)")
     if isinstance(min_count, bool) or not isinstance(min_count, int) or min_count < 1:
         raise DataError(f"recsys: min_count = {min_count!r} must be a whole number >= 1")
     name = "recsys-" + "-".join(f"{k}{v}" for k, v in options.items())
@@ -200,7 +228,7 @@ def load_recsys(
         write(table, **options)
     spec = table.parent / f"events-min{min_count}.yaml"
     if not spec.is_file():
-        spec.write_text(SPEC.format(min_count=min_count))
+        spec.write_text(SPEC.format(min_count=min_count, history=history))
     dataset = load_table(spec, use_cache=use_cache)
     dataset.info.update(source="recsys", options={**options, "min_count": min_count}, table=str(table))
     (table.parent / "options.json").write_text(json.dumps(options))

@@ -114,6 +114,8 @@ def open_storage(
     """
     if is_journal(url):
         return _open_journal(Path(url), notify)
+    if url.startswith(GRPC_SCHEME):
+        return open_proxy(url, retry_seconds=retry_seconds, notify=notify)
     if "://" not in url:
         raise StorageError(
             f"storage {mask_url(url)!r} is malformed: expected a journal file (*.journal) or a URL such as "
@@ -283,17 +285,17 @@ class ResilientRDBStorage(optuna.storages.RDBStorage):
                 raise
 
 
-def _retrying(name: str) -> Callable[..., Any]:
-    parent = getattr(optuna.storages.RDBStorage, name)
+def _retrying(name: str, base: type = optuna.storages.RDBStorage) -> Callable[..., Any]:
+    parent = getattr(base, name)
 
     @functools.wraps(parent)
-    def method(self: ResilientRDBStorage, *args: Any, **kwargs: Any) -> Any:
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
         return with_retry(lambda: parent(self, *args, **kwargs), self._retry_seconds, name.replace("_", " "), self._url, notify=self._notify)
 
     return method
 
 
-for _name in (
+RETRIED_CALLS = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr",
     "get_study_id_from_name", "get_study_name_from_id", "get_study_directions", "get_study_user_attrs",
     "get_study_system_attrs", "get_all_studies", "create_new_trial", "set_trial_param",
@@ -302,8 +304,104 @@ for _name in (
     "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials", "get_best_trial",
     "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs", "_get_stale_trial_ids",
     "check_trial_is_updatable",
-):  # fmt: skip
+)  # fmt: skip
+for _name in RETRIED_CALLS:
     setattr(ResilientRDBStorage, _name, _retrying(_name))
+
+
+# ----------------------------------------------------------------------------- the gRPC proxy
+
+GRPC_SCHEME = "grpc://"
+PROXY_READY_SECONDS = 10.0
+
+
+def proxy_address(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``grpc://HOST:PORT`` storage URL; a malformed one is a ``StorageError``."""
+    rest = url[len(GRPC_SCHEME) :].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise StorageError(f"storage {url!r} is malformed: expected grpc://HOST:PORT, e.g. grpc://127.0.0.1:13000 (`ple-search storage-proxy`)")
+    return host, int(port)
+
+
+_PROXY_CLASS: type | None = None
+
+
+def _proxy_class() -> type:
+    """``GrpcStorageProxy`` whose calls wait out a proxy outage like ``ResilientRDBStorage``'s
+    (made on first use: grpc loads only for grpc:// storages)."""
+    global _PROXY_CLASS
+    if _PROXY_CLASS is None:
+        from optuna.storages import GrpcStorageProxy
+
+        class ResilientGrpcStorage(GrpcStorageProxy):
+            _retry_seconds, _url = DEFAULT_RETRY_SECONDS, ""
+            _notify: Notify = staticmethod(_stderr)
+
+            def configure_retry(self, retry_seconds: float, url: str, notify: Notify) -> None:
+                self._retry_seconds, self._url, self._notify = retry_seconds, url, notify
+
+        for name in RETRIED_CALLS:
+            if hasattr(GrpcStorageProxy, name):
+                setattr(ResilientGrpcStorage, name, _retrying(name, GrpcStorageProxy))
+        _PROXY_CLASS = ResilientGrpcStorage
+    return _PROXY_CLASS
+
+
+def open_proxy(url: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS, notify: Notify = _stderr) -> optuna.storages.BaseStorage:
+    """The storage behind an Optuna gRPC storage proxy (``ple-search storage-proxy``); a proxy
+    that does not answer within ``PROXY_READY_SECONDS`` is a ``StorageError``. Heartbeats are
+    not sent through a proxy (Optuna's proxy has none): trials of dead workers on this machine
+    are found by their process ids, as with journal files."""
+    host, port = proxy_address(url)
+    try:
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError(f"storage {url}: a gRPC proxy needs grpcio: pip install 'ple-search[grpc]'") from None
+    with warnings.catch_warnings():  # "experimental" in Optuna since 4.2
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        storage = _proxy_class()(host=host, port=port)
+    storage.configure_retry(retry_seconds, url, notify)
+    try:
+        storage.wait_server_ready(timeout=PROXY_READY_SECONDS)
+    except ConnectionError:
+        raise StorageError(
+            f"cannot open storage {url}: no gRPC storage proxy answers there within {PROXY_READY_SECONDS:.0f}s; "
+            f"start one with `ple-search storage-proxy --storage URL --host {host} --port {port}`"
+        ) from None
+    return storage
+
+
+def serve_proxy(url: str, host: str, port: int, *, notify: Notify = _stderr, ready: Callable[[], None] | None = None) -> None:
+    """Serve the storage ``url`` (an RDB URL or a journal file; its outages retried as always)
+    through Optuna's gRPC storage proxy on ``host:port`` until interrupted: thousands of workers
+    then hold one connection pool (the proxy's) instead of one each. Passwords are never printed."""
+    if url.startswith(GRPC_SCHEME):
+        raise StorageError(f"--storage {url}: the proxy serves a database or a journal file, not another proxy")
+    try:
+        from optuna.storages import run_grpc_proxy_server
+        import grpc  # noqa: F401
+    except ImportError:
+        raise StorageError("storage-proxy needs grpcio: pip install 'ple-search[grpc]'") from None
+    import socket
+
+    storage = open_storage(url, notify=notify)
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a port in use is one line, not a traceback
+        try:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+        except OSError as exc:
+            raise StorageError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); choose another port or stop what holds it") from None
+    notify(f"serving {mask_url(url)} on {GRPC_SCHEME}{host}:{port} (workers: --storage {GRPC_SCHEME}{host}:{port}); Ctrl-C stops")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the server's own start-up lines
+    if ready is not None:
+        ready()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            run_grpc_proxy_server(storage, host=host, port=port)
+    except KeyboardInterrupt:
+        notify("storage proxy stopped")
 
 
 def _retry_once() -> optuna.storages.RetryHeartbeatStaleTrialCallback:
@@ -321,13 +419,18 @@ def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` means "the storage is unreachable right now": a lost connection or an
     unavailable database (SQLAlchemy's ``OperationalError``, or a driver's ``DBAPIError`` that
     invalidated the connection), also where Optuna wraps it in ``StorageInternalError``; or an
-    ``OSError`` from a journal file."""
+    ``OSError`` from a journal file; or a gRPC proxy that does not answer (``UNAVAILABLE``,
+    ``DEADLINE_EXCEEDED``)."""
     from sqlalchemy.exc import DBAPIError, OperationalError
 
+    grpc = sys.modules.get("grpc")
     seen = exc
     while seen is not None:
         if isinstance(seen, (OperationalError, OSError)):
             return True
+        if grpc is not None and isinstance(seen, grpc.RpcError) and hasattr(seen, "code"):
+            if seen.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return True
         if isinstance(seen, DBAPIError) and seen.connection_invalidated:
             return True
         seen = seen.__cause__ or seen.__context__
