@@ -107,6 +107,7 @@ def _port(text: str) -> int:
 COUNT = _number(int, 1)  # trials, jobs, seeds, epochs, threads, top
 INDEX = _number(int, 0)  # seeds and trial numbers
 SECONDS = _number(float, 0, strict=True)
+GPU_SHARE = _number(float, 0)
 RETRY_SECONDS = _number(float, 0)
 
 
@@ -168,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=COUNT, help="torch threads per trial (default: one, more where a measured training step shows they pay)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
     run.add_argument("--jobs", type=COUNT, help="worker processes on this machine sharing the study (default: one per core, one thread each, on a CPU run with at least 4 trials per core to share, else 1)")
+    run.add_argument("--ray", metavar="ADDRESS", help="place the --jobs workers on this Ray cluster (host:port, or auto); needs an RDB or grpc:// storage")
+    run.add_argument("--cpus-per-worker", type=COUNT, default=1, help="--ray: CPUs (and torch threads) per worker (default 1)")
+    run.add_argument("--gpus-per-worker", type=GPU_SHARE, default=0.0, help="--ray: GPUs per worker, e.g. 1 or 0.5 (default 0)")
     run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
@@ -281,6 +285,9 @@ def cmd_run(args: argparse.Namespace, argv: Sequence[str]) -> int:
     request = _run_request(args)
     if request.auto_jobs:
         request = dataclasses.replace(request, jobs=_auto_jobs(request))
+    if request.ray is not None:
+        _tracker(request, request.study)
+        return _run_ray(request, argv)
     if request.jobs > 1:  # the parent coordinates: the data and the engine load in forked processes only
         _tracker(request, request.study)  # a store MLflow refuses is one line before any study is created
         return _run_parallel(request, argv)
@@ -399,6 +406,62 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     from ple_search.study.record import count_finished
 
     err.print(f"{count_finished(study)}/{request.trials} trials finished by {request.jobs} workers. {_pareto_hint(request)}")
+    return 0
+
+
+def _run_ray(request, argv: Sequence[str]) -> int:
+    """``--ray ADDRESS``: the study is opened as for ``--jobs``, then ``--jobs`` workers run it as
+    Ray tasks on the cluster (``study.cluster``); this process shows their progress."""
+    from ple_search.cli.progress import WorkersReporter
+    from ple_search.study.cluster import SLOT_KEY, check_storage, connect, run_ray_workers
+    from ple_search.study.parallel import call_forked
+    from ple_search.study.record import WORKER, StudyRecord
+    from ple_search.study.storage import load_study, open_storage
+
+    check_storage(request.storage)
+    connect(request.ray)  # an unreachable cluster is one line before any study is created
+    jobs = request.jobs if not request.auto_jobs else 2
+    request = dataclasses.replace(request, jobs=jobs, threads=request.cpus_per_worker, auto_jobs=False)
+    prepared = call_forked(_prepare_quietly, request)
+    for line in prepared["lines"][:-1]:
+        err.print(line)
+    gpus = f", {request.gpus_per_worker:g} GPUs" if request.gpus_per_worker else ""
+    err.print(f"workers: {jobs} Ray tasks on {request.ray}, {request.cpus_per_worker} CPUs{gpus} each ({request.cpus_per_worker} torch threads)")
+    storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
+    study = load_study(request.study, storage)
+    workers = [dataclasses.replace(request.for_worker(i, request.cpus_per_worker), ray=None) for i in range(jobs)]
+    reporter = WorkersReporter(study, request.trials, err, jobs, echo=request.quiet)
+    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+
+    def tick() -> None:  # the workers' lines stay on their nodes: each finished trial is told from the storage
+        new = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in seen]
+        if new:
+            attrs = study.user_attrs
+            slots = {attrs.get(SLOT_KEY.format(i)): i for i in range(jobs)}
+            names = StudyRecord.from_study(study).objectives
+            for trial in new:
+                seen.add(trial.number)
+                values = " ".join(f"{k}={v:.4f}" for k, v in zip(names, trial.values or [])) if trial.state.name == "COMPLETE" else trial.state.name
+                worker = trial.user_attrs.get(WORKER, "?")
+                reporter.worker_line(slots.get(worker, 0), f"trial {trial.number}: {values} ({worker})")
+        reporter.tick()
+
+    from ple_search.cli import main as entry_module  # by its import name: Ray ships it by reference, also under `python -m`
+
+    with reporter:
+        errors, interrupted = run_ray_workers(
+            entry_module.worker_main, workers, study, address=request.ray, storage_url=request.storage, target=request.trials,
+            cpus=request.cpus_per_worker, gpus=request.gpus_per_worker, tick=tick, on_line=_notice,
+        )  # fmt: skip
+    if interrupted:
+        _print_resume(study, request, argv)
+        return 0
+    if errors:
+        err.print(f"error: {errors} of {jobs} Ray workers failed; see the lines above")
+        return 2
+    from ple_search.study.record import count_finished
+
+    err.print(f"{count_finished(study)}/{request.trials} trials finished by {jobs} Ray workers. {_pareto_hint(request)}")
     return 0
 
 

@@ -48,6 +48,9 @@ class RunRequest:
     tensorboard: str | None = None
     allow_space_change: bool = False
     quiet: bool = False
+    ray: str | None = None  # a Ray cluster's address (or auto): the --jobs workers are Ray tasks there (study.cluster)
+    cpus_per_worker: int = 1  # --ray: CPUs (and torch threads) each worker asks Ray for
+    gpus_per_worker: float = 0.0  # --ray: GPUs each worker asks Ray for (Ray makes them its only visible ones)
     worker: int | None = None  # the index of a --jobs worker; None in the process the user started
     auto_jobs: bool = False  # neither --jobs nor --threads given: workers where they finish more trials per hour
 

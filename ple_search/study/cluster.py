@@ -1,0 +1,190 @@
+"""``ple-search run --ray ADDRESS --jobs K``: K workers placed by Ray on a cluster, each the
+existing worker loop (``RunRequest.for_worker``) against one shared storage.
+
+The storage holds the study, its target and the trial numbering, so the workers need no other
+coordination, as with ``--jobs`` on one machine (``parallel``). What Ray adds: placement (each
+worker a Ray task with ``--cpus-per-worker`` CPUs and ``--gpus-per-worker`` GPUs, which Ray
+makes the only GPUs the worker sees), and the driver (this process) watching the tasks. A worker
+records its ``host:pid`` in the study when it starts (``SLOT_KEY``); when its task ends with a
+dead worker or node, the driver fails the trial that worker was running, enqueues its config once
+more (``parallel.recover_worker_trials``: on every storage, heartbeats or not), and starts the
+slot again while the study is short of its target (at most ``RESTARTS`` times per slot).
+Ctrl-C on the driver cancels every task: each worker marks its running trial FAIL; a task that
+does not end within a grace period is killed and its trial recovered the same way. Ray is an
+optional dependency (``pip install 'ple-search[ray]'``), imported only here.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from typing import Any, Callable, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+from ple_search.core.errors import Interrupted, StorageError
+from ple_search.study.parallel import recover_worker_trials, worker_id
+from ple_search.study.record import WORKER
+
+SLOT_KEY = "ple_search:ray_slot:{}"  # study user attr: the host:pid of the worker now in slot i
+NODE_KEY = "ple_search:ray_node:{}"  # study user attr: the Ray node id the worker of slot i runs on
+RESTARTS = 3
+CANCEL_GRACE_SECONDS = 60.0
+
+Line = Callable[[str], None]
+
+
+def check_storage(url: str) -> None:
+    """``--ray`` needs a storage every node reaches: an RDB URL or a gRPC proxy, not a journal file."""
+    from ple_search.study.storage import is_journal
+
+    if is_journal(url):
+        raise StorageError(
+            f"--ray needs a storage every node reaches: an RDB URL (postgresql://...) or a gRPC proxy (grpc://HOST:PORT), "
+            f"not the journal file {url}; start one with `ple-search storage-proxy --storage postgresql://...`"
+        )
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError:
+        raise StorageError("--ray needs Ray: pip install 'ple-search[ray]'") from None
+    return ray
+
+
+def connect(address: str) -> Any:
+    """Join the Ray cluster at ``address`` (``auto``: the one this machine belongs to) without
+    Ray's own log lines; an unreachable cluster is one line."""
+    ray = _ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True, include_dashboard=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"--ray {address}: cannot join the Ray cluster ({first}); start one with `ray start --head`") from None
+    return ray
+
+
+def _slot_entry(entry: Callable[[Any], int], request: Any, storage_url: str, slot: int) -> int:
+    """One worker, inside its Ray task: records which process holds the slot, then the loop."""
+    from ple_search.study.storage import load_study, open_storage
+
+    import ray
+
+    storage = open_storage(storage_url, retry_seconds=request.storage_retry)
+    study = load_study(request.study, storage)
+    study.set_user_attr(SLOT_KEY.format(slot), worker_id())
+    study.set_user_attr(NODE_KEY.format(slot), ray.get_runtime_context().get_node_id())
+    return entry(request)
+
+
+class RayWorkers:
+    """Start, watch, restart and stop K Ray tasks of the worker loop."""
+
+    def __init__(self, entry: Callable[[Any], int], requests: Sequence[Any], study: optuna.Study, *, storage_url: str,
+                 target: int, cpus: float, gpus: float, on_line: Line) -> None:  # fmt: skip
+        self.ray = _ray()
+        self.entry, self.requests, self.study = entry, list(requests), study
+        self.storage_url, self.target, self.on_line = storage_url, target, on_line
+        self.remote = self.ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(_slot_entry)
+        self.refs: dict[int, Any] = {}
+        self.restarts = [0] * len(self.requests)
+        self.errors = 0
+
+    def start(self, slot: int) -> None:
+        self.study.set_user_attr(SLOT_KEY.format(slot), "")
+        self.refs[slot] = self.remote.remote(self.entry, self.requests[slot], self.storage_url, slot)
+
+    def _holder(self, slot: int) -> str:
+        return str(self.study.user_attrs.get(SLOT_KEY.format(slot)) or "")
+
+    def _recover(self, slot: int, why: str) -> list[int]:
+        holder = self._holder(slot)
+        return recover_worker_trials(self.study, holder, f"worker {holder} {why}") if holder else []
+
+    def _finished(self) -> int:
+        from ple_search.study.record import count_finished
+
+        return count_finished(self.study)
+
+    def supervise(self, tick: Callable[[], None], stop: threading.Event) -> int:
+        """Run to the end (``Interrupted`` once ``stop`` is set: signals must not raise inside
+        Ray's calls); returns the number of workers that failed with an error."""
+        for slot in range(len(self.requests)):
+            self.start(slot)
+        while self.refs:
+            if stop.is_set():
+                raise Interrupted("stop requested")
+            ready, _ = self.ray.wait(list(self.refs.values()), num_returns=1, timeout=1.0)
+            tick()
+            for ref in ready:
+                slot = next(s for s, r in self.refs.items() if r == ref)
+                del self.refs[slot]
+                try:
+                    code = self.ray.get(ref)
+                except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError, self.ray.exceptions.ActorDiedError,
+                        self.ray.exceptions.LocalRayletDiedError, self.ray.exceptions.RaySystemError) as exc:  # fmt: skip
+                    failed = self._recover(slot, f"died ({type(exc).__name__})")
+                    short = self._finished() < self.target
+                    again = short and self.restarts[slot] < RESTARTS
+                    recovered = f"trials {failed} marked FAIL and retried once" if failed else "no trial of it left running (already recovered)"
+                    self.on_line(f"worker {slot} died ({type(exc).__name__}); {recovered}" + ("; starting it again" if again else ""))
+                    if again:
+                        self.restarts[slot] += 1
+                        self.start(slot)
+                    continue
+                except self.ray.exceptions.RayTaskError as exc:
+                    self.errors += 1
+                    self.on_line(f"worker {slot} failed: {str(exc).strip().splitlines()[-1]}")
+                    continue
+                if code:
+                    self.errors += 1
+                    self.on_line(f"worker {slot} exited with code {code}")
+        return self.errors
+
+    def stop(self) -> None:
+        """Cancel every task (each worker marks its trial FAIL), then kill what is left."""
+        for ref in self.refs.values():
+            self.ray.cancel(ref, force=False)
+        deadline = time.monotonic() + CANCEL_GRACE_SECONDS
+        pending = list(self.refs.items())
+        while pending and time.monotonic() < deadline:
+            ready, _ = self.ray.wait([r for _, r in pending], num_returns=len(pending), timeout=1.0)
+            pending = [(s, r) for s, r in pending if r not in ready]
+        for slot, ref in pending:
+            self.ray.cancel(ref, force=True)
+            self._recover(slot, "was stopped")
+        # a worker cancelled before its trial could be marked leaves it RUNNING: fail those too
+        for slot in range(len(self.requests)):
+            holder = self._holder(slot)
+            running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(WORKER) == holder]
+            if holder and running:
+                recover_worker_trials(self.study, holder, "interrupted")
+        self.refs = {}
+
+
+def run_ray_workers(entry: Callable[[Any], int], requests: Sequence[Any], study: optuna.Study, *, address: str, storage_url: str,
+                    target: int, cpus: float, gpus: float, tick: Callable[[], None], on_line: Line) -> tuple[int, bool]:  # fmt: skip
+    """Run one Ray task of ``entry`` per request to the end; returns (workers failed, interrupted).
+    Ctrl-C and SIGTERM set a flag the loop checks (raised inside Ray's C++ calls they would
+    corrupt its state)."""
+    connect(address)
+    workers = RayWorkers(entry, requests, study, storage_url=storage_url, target=target, cpus=cpus, gpus=gpus, on_line=on_line)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return workers.supervise(tick, stop), False
+    except (KeyboardInterrupt, Interrupted):
+        workers.stop()
+        return 0, True
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if workers.refs:
+            workers.stop()
+        workers.ray.shutdown()

@@ -1,0 +1,199 @@
+"""``run --ray``: workers placed by Ray on a real local cluster of two nodes (a head and a second
+node on 127.0.0.1, one CPU each), a worker SIGKILLed and a node stopped mid-run, and the refusals."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import optuna
+import pytest
+import yaml
+
+from ple_search.cli.main import main
+from ple_search.study.cluster import NODE_KEY, SLOT_KEY
+from ple_search.study.storage import open_storage
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.slow
+
+SPACE = {
+    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
+    "sampler": {"name": "random", "seed": 0},
+    "budget": {"max_epochs": 2, "patience": 2},
+    "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
+    "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ray_node(tmp_path, name: str, *args: str) -> subprocess.Popen:
+    """A Ray node in the foreground (``--block``) in its own session, so the test stops it by its
+    own process group and nothing else on the machine."""
+    log = open(tmp_path / f"{name}.log", "w")
+    return subprocess.Popen(["ray", "start", "--block", "--num-cpus", "1", "--disable-usage-stats", *args],
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+
+def stop_node(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def wait_for_nodes(address: str, count: int) -> None:
+    import ray
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+            alive = [n for n in ray.nodes() if n["Alive"]]
+            ray.shutdown()
+            if len(alive) >= count:
+                return
+        except Exception:  # noqa: BLE001 - the head is still starting
+            pass
+        time.sleep(1)
+    pytest.fail(f"the Ray cluster at {address} did not reach {count} nodes")
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    port = free_port()
+    head = ray_node(tmp_path, "head", "--head", "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard=false")
+    address = f"127.0.0.1:{port}"
+    nodes = {"head": head}
+    try:
+        time.sleep(3)
+        nodes["second"] = ray_node(tmp_path, "second", "--address", address, "--node-ip-address", "127.0.0.1")
+        wait_for_nodes(address, 2)
+        yield address, nodes
+    finally:
+        for proc in reversed(list(nodes.values())):
+            stop_node(proc)
+
+
+def write_space(tmp_path, long: bool = False):
+    raw = dict(SPACE)
+    if long:  # trials of several seconds, so a fault lands mid-trial
+        raw = {**SPACE, "budget": {"max_epochs": 30, "patience": 30}, "dataset": {"name": "synthetic", "options": {"n": 8000, "d": 6}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))
+    return tmp_path / "space.yaml"
+
+
+def ray_run(tmp_path, address, study, trials, long=False):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    argv = [sys.executable, "-m", "ple_search.cli.main", "run", "--study", study, "--space", str(write_space(tmp_path, long)),
+            "--trials", str(trials), "--storage", storage, "--ray", address, "--jobs", "2", "--quiet"]  # fmt: skip
+    return storage, subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def exactly(storage, study, target):
+    loaded = optuna.load_study(study_name=study, storage=open_storage(storage))
+    states = [t.state.name for t in loaded.get_trials()]
+    assert states.count("COMPLETE") == target and "RUNNING" not in states, states
+    return loaded
+
+
+def running_trial(storage, study, deadline_s=180):
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            loaded = optuna.load_study(study_name=study, storage=open_storage(storage))
+            running = [t for t in loaded.get_trials() if t.state.name == "RUNNING" and "worker" in t.user_attrs]
+            done = [t for t in loaded.get_trials() if t.state.is_finished()]
+            if running and done:
+                return loaded, running[0]
+        except KeyError:
+            pass
+        time.sleep(0.5)
+    pytest.fail("no trial started")
+
+
+def test_a_study_reaches_exactly_n_with_workers_on_both_nodes(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r1", 6)
+    output = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, output
+    study = exactly(storage, "r1", 6)
+    nodes = {study.user_attrs[NODE_KEY.format(i)] for i in range(2)}
+    assert len(nodes) == 2  # one CPU per node, one CPU per worker: one worker on each
+    assert "6/6 trials finished by 2 Ray workers" in output and "trial 5:" in output or "trial" in output
+    assert "INFO" not in output  # no Ray banners
+
+
+def test_a_sigkilled_worker_has_its_trial_retried_and_the_study_reaches_exactly_n(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r2", 5, long=True)
+    study, trial = running_trial(storage, "r2")
+    pid = int(trial.user_attrs["worker"].rpartition(":")[2])
+    os.kill(pid, signal.SIGKILL)
+    output = proc.communicate(timeout=400)[0]
+    assert proc.returncode == 0, output
+    assert "died (" in output and "marked FAIL and retried once" in output
+    final = exactly(storage, "r2", 5)
+    killed = [t for t in final.get_trials() if t.user_attrs.get("worker") == trial.user_attrs["worker"]]
+    failed = [t.number for t in killed if t.state.name == "FAIL"]  # the trial it was running when killed
+    assert len(failed) == 1, output
+    # retried once: by the driver, or (one machine here) by the other worker, which sees the pid gone
+    assert any(t.user_attrs.get("retry_of") == failed[0] for t in final.get_trials())
+
+
+def test_a_stopped_node_has_its_trial_retried_and_the_study_reaches_exactly_n(tmp_path, cluster):
+    address, nodes = cluster
+    storage, proc = ray_run(tmp_path, address, "r3", 5, long=True)
+    study, _ = running_trial(storage, "r3")
+    second = [i for i in range(2) if study.user_attrs.get(NODE_KEY.format(i))]
+    import ray
+
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    head_id = next(n["NodeID"] for n in ray.nodes() if n["Alive"] and n["Resources"].get("node:__internal_head__"))
+    ray.shutdown()
+    victims = [i for i in second if study.user_attrs[NODE_KEY.format(i)] != head_id]
+    assert victims, "a worker runs on the second node"
+    worker = study.user_attrs[SLOT_KEY.format(victims[0])]
+    stop_node(nodes["second"])  # `ray stop` for that node alone: its own process group
+    output = proc.communicate(timeout=400)[0]
+    assert proc.returncode == 0, output
+    assert f"worker {victims[0]} died (" in output
+    final = exactly(storage, "r3", 5)
+    assert all(t.state.name != "RUNNING" for t in final.get_trials() if t.user_attrs.get("worker") == worker)
+
+
+def test_ctrl_c_on_the_driver_stops_every_worker_and_fails_their_trials(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r4", 50, long=True)
+    running_trial(storage, "r4")
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=200)[0]
+    assert proc.returncode == 0 and "interrupted:" in output, output
+    states = [t.state.name for t in optuna.load_study(study_name="r4", storage=open_storage(storage)).get_trials()]
+    assert "RUNNING" not in states and "FAIL" in states
+
+
+def test_ray_refuses_the_journal_file_in_one_line(tmp_path, capsys):
+    assert main(["run", "--study", "j", "--space", str(write_space(tmp_path)), "--trials", "1", "--storage", str(tmp_path / "s.journal"),
+                 "--ray", "127.0.0.1:1"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ray needs a storage every node reaches" in err[0]
+    assert not (tmp_path / "s.journal").exists()
+
+
+def test_an_unreachable_cluster_is_one_line_before_any_study_exists(tmp_path, capsys):
+    assert main(["run", "--study", "u", "--space", str(write_space(tmp_path)), "--trials", "1", "--storage", f"sqlite:///{tmp_path / 'u.db'}",
+                 "--ray", f"127.0.0.1:{free_port()}"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot join the Ray cluster" in err[0], err
