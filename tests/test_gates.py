@@ -77,8 +77,12 @@ def test_pareto_shows_what_the_gates_of_a_confirmed_front_trial_do(tmp_path, cap
     assert main(["pareto", "--study", "g", "--storage", storage, "--gates", "0"]) == 2
     err = capsys.readouterr().err
     assert "--gates 0: trial 0 of study 'g' is not confirmed; `ple-search confirm --study g --trial 0`" in err and len(err.strip().splitlines()) == 1
+    assert main(["export", "--study", "g", "--storage", storage, "--pick", "knee", "--confirmed", "--out", str(tmp_path / "b.yaml")]) == 2
+    assert "--confirmed: study 'g' has no confirmed trials; run `ple-search confirm --study g` first" in capsys.readouterr().err
     assert main(["confirm", "--study", "g", "--storage", storage, "--trial", "0", "--seeds", "1", "--threads", "1"]) == 0
     capsys.readouterr()
+    assert main(["export", "--study", "g", "--storage", storage, "--pick", "knee", "--confirmed", "--out", str(tmp_path / "b.yaml")]) == 0
+    assert "chose trial 0: knee" in capsys.readouterr().err and (tmp_path / "b.yaml").is_file()
     assert main(["pareto", "--study", "g", "--storage", storage, "--gates", "0", "--format", "json"]) == 0
     report = json.loads(capsys.readouterr().out)
     level = report["levels"][0]  # AdaTT: every task's unit fuses every expert

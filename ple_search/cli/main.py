@@ -206,6 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     chosen = export.add_mutually_exclusive_group(required=True)
     chosen.add_argument("--trial", type=INDEX, help="this finished trial")
     chosen.add_argument("--pick", help="knee | best:TASK | weights:TASK=W,TASK=W (see README)")
+    export.add_argument("--confirmed", action="store_true", help="with --pick: choose on the front `ple-search confirm` found (fresh-seed validation means)")
     _limit_args(export)
     export.add_argument("--out", type=_output_file, help="output YAML (default results/STUDY/best.yaml)")
 
@@ -598,8 +599,10 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     study = load_study(args.study, open_storage(args.storage))
     limits = _limits(args)
-    pick = Pick(study, limits)
+    pick = Pick(study, limits, confirmed=args.confirmed and args.trial is None)
     trial, reason = pick.choose(args.trial, args.pick)
+    if args.confirmed and args.trial is None:
+        reason += " (the front confirmed on fresh seeds, their validation means)"
     config = build_config(study, trial, args.storage, reason)
     out = Path(args.out or Path("results") / args.study / "best.yaml")
     write_config(config, out)
@@ -608,7 +611,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         err.print(f"  within the serving limits {limits.describe()}: they leave out {pick.excluded} of the front's trials")
     for k, task in enumerate(pick.tasks):
         low, high = pick.ranges()[task]
-        err.print(f"  {task}: {trial.values[k]:.4f} (front {low:.4f} .. {high:.4f})")
+        value = pick.values[pick.front.index(trial), k] if trial in pick.front else trial.values[k]
+        err.print(f"  {task}: {value:.4f} (front {low:.4f} .. {high:.4f})")
     err.print(f"  {pick_summary(trial)}")
     err.print(f"wrote {out}")
     return 0

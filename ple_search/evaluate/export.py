@@ -51,16 +51,21 @@ def parse_weights(text: str, tasks: list[str]) -> dict[str, float]:
 class Pick:
     """The Pareto front of a study and the rules that choose one trial from it."""
 
-    def __init__(self, study: optuna.Study, limits: Limits | None = None) -> None:
+    def __init__(self, study: optuna.Study, limits: Limits | None = None, confirmed: bool = False) -> None:
         """With serving ``limits``, the front of the trials within them (``excluded``: how many
-        trials of the whole front the limits left out)."""
+        trials of the whole front the limits left out). With ``confirmed``, the front of the
+        trials ``ple-search confirm`` retrained, on their fresh-seed validation means (``values``)."""
         self.study = study
         self.record = StudyRecord.from_study(study)
         self.tasks: list[str] = self.record.objectives
         self.directions = self.record.directions
+        self.sign = np.array([DIRECTIONS[d] for d in self.directions])
         trials = finished_trials(study)
         if not trials:
             raise StorageError(f"study '{study.study_name}' has no finished trials to export")
+        if confirmed:
+            self._confirmed_front(trials)
+            return
         self.excluded = 0
         if limits:
             ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
@@ -69,8 +74,16 @@ class Pick:
         ranks = nondominated_ranks(np.array([t.values for t in trials]), self.directions)
         self.front: list[FrozenTrial] = [t for t, r in zip(trials, ranks) if r == 0]
         self.values = np.array([t.values for t in self.front])
-        self.sign = np.array([DIRECTIONS[d] for d in self.directions])
 
+    def _confirmed_front(self, trials: list[FrozenTrial]) -> None:
+        entries = self.record.confirmed.get("trials", {})
+        if not entries:
+            raise ConfigError(f"--confirmed: study '{self.study.study_name}' has no confirmed trials; run `ple-search confirm --study {self.study.study_name}` first")
+        by_number = {t.number: t for t in trials}
+        kept = [(by_number[int(n)], c) for n, c in entries.items() if c.get("on_front") and int(n) in by_number]
+        self.excluded = 0
+        self.front = [t for t, _ in kept]
+        self.values = np.array([[c["val_mean"][o] for o in self.tasks] for _, c in kept])
     def choose(self, trial: int | None = None, pick: str | None = None) -> tuple[FrozenTrial, str]:
         """The chosen trial and a sentence saying why."""
         if trial is not None:
