@@ -53,22 +53,32 @@ def result_cells(runs, names: list[str], gbdt: dict) -> str:
     return " | ".join(cells) + " | " + " | ".join(gaps)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def study_arguments(doc: str) -> argparse.ArgumentParser:
+    """The options every ablation script takes: the study, its storage, the trial, seeds, data."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--study", default="census")
     parser.add_argument("--storage", required=True)
     parser.add_argument("--trial", type=int)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
-    parser.add_argument("--longer", type=int, default=3, help="epoch-budget multiple of the last row (0: skip)")
-    args = parser.parse_args()
-    torch.set_num_threads(1)
+    return parser
+
+
+def open_study(args: argparse.Namespace, threads: int):
+    """``(study, record, dataset, tasks, task names, confirmed trials)`` of ``args``' study."""
+    torch.set_num_threads(threads)
     quiet_libraries()
     _, study, dataset = load_study_and_data(args.study, args.storage, args.data_dir)
     record = StudyRecord.from_study(study)
     tasks = dataset.schema.tasks_named(record.task_objectives())
-    names = [t.name for t in tasks]
-    confirmed = record.confirmed.get("trials", {})
+    return study, record, dataset, tasks, [t.name for t in tasks], record.confirmed.get("trials", {})
+
+
+def main() -> None:
+    parser = study_arguments(__doc__)
+    parser.add_argument("--longer", type=int, default=3, help="epoch-budget multiple of the last row (0: skip)")
+    args = parser.parse_args()
+    study, record, dataset, tasks, names, confirmed = open_study(args, threads=1)
     if args.trial is None:
         if not confirmed:
             parser.error("the study has no confirmed trials; pass --trial")

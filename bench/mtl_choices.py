@@ -12,20 +12,15 @@ embeddings, softmax gates, MLP experts) as the reference measured in the same ru
 
 from __future__ import annotations
 
-import argparse
-
 import numpy as np
-import torch
 
-from ple_search.cli.progress import quiet_libraries
 from ple_search.evaluate.confirm import SEED_OFFSET
 from ple_search.model.hparams import EMBEDDING_SHARING
 from ple_search.study.pareto import nondominated_ranks
 from ple_search.study.record import HPARAMS, StudyRecord, finished_trials
-from ple_search.study.search import load_study_and_data
 from ple_search.train.engine import TrialSettings, train_on_seeds
 
-from ablation import result_cells  # noqa: E402  (bench/ablation.py: the same cells)
+from ablation import open_study, result_cells, study_arguments  # noqa: E402  (bench/ablation.py: the same options and cells)
 from expert_types import TRIAL_246  # noqa: E402
 
 KEYS = ("architecture", "expert_type", "gate_type", "embedding_sharing")
@@ -68,20 +63,8 @@ def arms(base: dict) -> list[tuple[str, dict]]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", default="census")
-    parser.add_argument("--storage", required=True)
-    parser.add_argument("--trial", type=int)
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--data-dir", default="../shared/data/census-income-kdd")
-    args = parser.parse_args()
-    torch.set_num_threads(2)
-    quiet_libraries()
-    _, study, dataset = load_study_and_data(args.study, args.storage, args.data_dir)
-    record = StudyRecord.from_study(study)
-    tasks = dataset.schema.tasks_named(record.task_objectives())
-    names = [t.name for t in tasks]
-    confirmed = record.confirmed.get("trials", {})
+    args = study_arguments(__doc__).parse_args()
+    study, record, dataset, tasks, names, confirmed = open_study(args, threads=2)
     if args.trial is None:  # the confirmed front member with the best validation mean on the first objective
         front = {n: c for n, c in confirmed.items() if c.get("on_front")}
         args.trial = int(max(front, key=lambda n: front[n]["val_mean"][names[0]]))

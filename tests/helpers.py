@@ -80,3 +80,55 @@ def make_cascade(n: int = 600, seed: int = 0, conditional_labels_only: bool = Fa
     splits = [Split.from_numpy(cat[a:b], num[a:b], y[a:b]) for a, b in ((0, cut1), (cut1, cut2), (cut2, n))]
     schema = Schema(("c0", "c1"), (5, 5), ("n0", "n1", "n2"), (Task("click", "binary"), Task("buy", "binary", depends_on="click")))
     return Dataset(schema, *splits, Preprocessor(), {"source": "test"})
+
+
+# A search space over the synthetic data for the scale-out tests (workers, proxies, clusters):
+# short trials, a searched dropout so no two trials share a config.
+WORKER_SPACE = {
+    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
+    "sampler": {"name": "random", "seed": 0},
+    "budget": {"max_epochs": 2, "patience": 2},
+    "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
+    "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now (for a server a test starts)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def postgres_url() -> str:
+    """PLE_SEARCH_TEST_POSTGRES (``bash .ci/run`` starts the server and sets it); skipped
+    without it, and a failure on CI, which must run every service-backed test."""
+    import os
+
+    import pytest
+
+    url = os.environ.get("PLE_SEARCH_TEST_POSTGRES")
+    if not url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide PLE_SEARCH_TEST_POSTGRES (.ci/run starts PostgreSQL)")
+        pytest.skip("PostgreSQL not available: set PLE_SEARCH_TEST_POSTGRES (bash .ci/run does)")
+    return url
+
+
+def run_export_train(folder, space: dict, study: str):
+    """A one-trial study of ``space`` through the CLI, its trial exported and trained on one seed
+    into ``folder/model``; returns the model's metrics.json."""
+    import json
+
+    import yaml
+
+    from ple_search.cli.main import main
+
+    (folder / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = str(folder / "s.journal")
+    assert main(["run", "--study", study, "--space", str(folder / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
+    assert main(["export", "--study", study, "--storage", storage, "--trial", "0", "--out", str(folder / "best.yaml")]) == 0
+    assert main(["train", "--config", str(folder / "best.yaml"), "--seeds", "1", "--out", str(folder / "model")]) == 0
+    return json.loads((folder / "model" / "metrics.json").read_text())

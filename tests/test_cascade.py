@@ -201,19 +201,15 @@ def test_a_table_with_a_purchase_without_a_click_is_refused_with_one_line(tmp_pa
 @pytest.mark.slow
 def test_predict_writes_the_joint_and_the_conditional_probability_of_a_dependent_task(tmp_path, capsys):
     import pandas as pd
-    import yaml
 
     from ple_search.cli.main import main
+
+    from helpers import run_export_train
 
     spec = cascade_table(tmp_path)
     space = {"dataset": {"name": str(spec)}, "sampler": {"name": "random", "seed": 0}, "budget": {"max_epochs": 2, "patience": 2},
              "fixed": {"batch_size": 64, "task_relation": "esmm"}, "objectives": ["click", "buy", "buy@click"]}  # fmt: skip
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    storage = str(tmp_path / "s.journal")
-    assert main(["run", "--study", "c", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
-    assert main(["export", "--study", "c", "--storage", storage, "--trial", "0", "--out", str(tmp_path / "best.yaml")]) == 0
-    assert main(["train", "--config", str(tmp_path / "best.yaml"), "--seeds", "1", "--out", str(tmp_path / "model")]) == 0
-    metrics = yaml.safe_load((tmp_path / "model" / "metrics.json").read_text())
+    metrics = run_export_train(tmp_path, space, "c")
     raw = pd.read_csv(tmp_path / "events.csv", dtype=str, keep_default_na=False)
     raw.drop(columns=["click", "buy"]).tail(30).to_csv(tmp_path / "rows.csv", index=False)
     capsys.readouterr()

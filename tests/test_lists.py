@@ -79,20 +79,14 @@ def test_a_bad_lists_entry_is_one_line_naming_the_key(tmp_path):
 
 @pytest.mark.slow
 def test_list_features_train_reproduce_test_metrics_through_predict_and_serve_equal_to_eager(tmp_path, capsys):
-    import yaml
-
+    from helpers import run_export_train
     from ple_search.cli.main import main
     from ple_search.train.metrics import roc_auc
 
     spec_path, frame = list_table(tmp_path, n=3000)
     space = {"dataset": {"name": str(spec_path)}, "sampler": {"name": "random", "seed": 0}, "budget": {"max_epochs": 3, "patience": 3},
              "fixed": {"batch_size": 64, "lr": 0.01, "list_pooling": "sum"}}  # fmt: skip
-    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    storage = str(tmp_path / "s.journal")
-    assert main(["run", "--study", "l", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", storage, "--quiet", "--threads", "1"]) == 0
-    assert main(["export", "--study", "l", "--storage", storage, "--trial", "0", "--out", str(tmp_path / "best.yaml")]) == 0
-    assert main(["train", "--config", str(tmp_path / "best.yaml"), "--seeds", "1", "--out", str(tmp_path / "model")]) == 0
-    metrics = yaml.safe_load((tmp_path / "model" / "metrics.json").read_text())
+    metrics = run_export_train(tmp_path, space, "l")
     raw = pd.read_csv(tmp_path / "events.csv", dtype=str, keep_default_na=False)
     test = raw[raw.split == "test"]
     test.drop(columns=["click", "split"]).to_csv(tmp_path / "rows.csv", index=False)

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from sqlalchemy.exc import OperationalError
 
+from helpers import postgres_url
 from ple_search.cli.main import main
 from ple_search.core.errors import StorageError
 from ple_search.study.storage import open_storage, with_retry
@@ -39,12 +40,7 @@ def space(tmp_path):
 
 @pytest.fixture
 def postgres():
-    url = os.environ.get("PLE_SEARCH_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide PLE_SEARCH_TEST_POSTGRES (.ci/run starts PostgreSQL)")
-        pytest.skip("PostgreSQL not available: set PLE_SEARCH_TEST_POSTGRES (bash .ci/run does)")
-    return url
+    return postgres_url()
 
 
 def command(space, storage, study, trials, *extra):

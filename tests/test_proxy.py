@@ -12,24 +12,13 @@ import optuna
 import pytest
 import yaml
 
+from helpers import WORKER_SPACE, free_port, postgres_url
 from ple_search.cli.main import main
 from ple_search.study.storage import open_storage
 
 pytest.importorskip("grpc")
 
-SPACE = {
-    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
-    "sampler": {"name": "random", "seed": 0},
-    "budget": {"max_epochs": 2, "patience": 2},
-    "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
-    "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SPACE = WORKER_SPACE
 
 
 def start_proxy(storage: str, port: int) -> subprocess.Popen:
@@ -94,11 +83,7 @@ def test_a_study_runs_through_the_proxy_in_front_of_sqlite_and_survives_it_being
 
 @pytest.mark.slow
 def test_a_study_runs_through_the_proxy_in_front_of_postgresql(tmp_path):
-    url = os.environ.get("PLE_SEARCH_TEST_POSTGRES")
-    if not url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide PLE_SEARCH_TEST_POSTGRES (.ci/run starts PostgreSQL)")
-        pytest.skip("PostgreSQL not available: set PLE_SEARCH_TEST_POSTGRES (bash .ci/run does)")
+    url = postgres_url()
     study = f"px-{os.getpid()}-{int(time.time())}"
     port = free_port()
     proxy = start_proxy(url, port)

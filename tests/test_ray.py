@@ -3,7 +3,6 @@ node on 127.0.0.1, one CPU each), a worker SIGKILLed and a node stopped mid-run,
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import optuna
 import pytest
 import yaml
 
+from helpers import WORKER_SPACE, free_port
 from ple_search.cli.main import main
 from ple_search.study.cluster import NODE_KEY, SLOT_KEY
 from ple_search.study.storage import open_storage
@@ -19,19 +19,7 @@ from ple_search.study.storage import open_storage
 pytest.importorskip("ray")
 pytestmark = pytest.mark.slow
 
-SPACE = {
-    "dataset": {"name": "synthetic", "options": {"n": 1500, "d": 6}},
-    "sampler": {"name": "random", "seed": 0},
-    "budget": {"max_epochs": 2, "patience": 2},
-    "fixed": {"lr": 0.02, "batch_size": 64, "tower_hidden": [4]},
-    "params": {"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
-}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+SPACE = WORKER_SPACE
 
 
 def ray_node(tmp_path, name: str, *args: str) -> subprocess.Popen:

@@ -398,15 +398,20 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
             worker_main, workers, study, console=err, on_line=reporter.worker_line, tick=reporter.tick,
             devices=list(request.devices or prepared["gpus"]) or None,
         )  # fmt: skip
+    return _workers_ended(study, request, argv, interrupted, errors, request.jobs, "workers")
+
+
+def _workers_ended(study, request, argv: Sequence[str], interrupted: bool, errors: int, jobs: int, kind: str) -> int:
+    """The last lines of a run by workers (``--jobs`` or ``--ray``) and its exit code."""
+    from ple_search.study.record import count_finished
+
     if interrupted:
         _print_resume(study, request, argv)
         return 0
     if errors:
-        err.print(f"error: {errors} of {request.jobs} workers failed; see their last lines above")
+        err.print(f"error: {errors} of {jobs} {kind} failed; see their last lines above")
         return 2
-    from ple_search.study.record import count_finished
-
-    err.print(f"{count_finished(study)}/{request.trials} trials finished by {request.jobs} workers. {_pareto_hint(request)}")
+    err.print(f"{count_finished(study)}/{request.trials} trials finished by {jobs} {kind}. {_pareto_hint(request)}")
     return 0
 
 
@@ -454,16 +459,7 @@ def _run_ray(request, argv: Sequence[str]) -> int:
             entry_module.worker_main, workers, study, address=request.ray, storage_url=request.storage, target=request.trials,
             cpus=request.cpus_per_worker, gpus=request.gpus_per_worker, tick=tick, on_line=_notice,
         )  # fmt: skip
-    if interrupted:
-        _print_resume(study, request, argv)
-        return 0
-    if errors:
-        err.print(f"error: {errors} of {jobs} Ray workers failed; see the lines above")
-        return 2
-    from ple_search.study.record import count_finished
-
-    err.print(f"{count_finished(study)}/{request.trials} trials finished by {jobs} Ray workers. {_pareto_hint(request)}")
-    return 0
+    return _workers_ended(study, request, argv, interrupted, errors, jobs, "Ray workers")
 
 
 def _show_gates(report: dict, source: str, fmt: str) -> None:
