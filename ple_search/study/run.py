@@ -161,9 +161,11 @@ def run_header(request: RunRequest, opened: OpenRun) -> list[str]:
     dataset, space = opened.dataset, opened.space
     rows = " / ".join(f"{len(dataset.split(n)):,}" for n in ("train", "val", "test"))
     schema = dataset.schema
-    data = f"rows train / val / test {rows}; {len(schema.categorical)} categorical, {len(schema.numeric)} numeric features"
-    if schema.vocab_sizes:
-        data += f"; embeddings {embedding_memory(schema.vocab_sizes, space.possible('embedding_dim'))}"
+    lists = f", {len(schema.lists)} list" if schema.lists else ""
+    data = f"rows train / val / test {rows}; {len(schema.categorical)} categorical{lists}, {len(schema.numeric)} numeric features"
+    tables = [*schema.vocab_sizes, *(f.vocab_size for f in schema.lists)]
+    if tables:
+        data += f"; embeddings {embedding_memory(tables, space.possible('embedding_dim'))}"
     return [f"study {request.study} in {mask_url(request.storage)}; space {space.path}; data: {dataset.info.get('split')}", data]
 
 
