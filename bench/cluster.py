@@ -5,7 +5,7 @@
 2. the gRPC storage proxy against the storage it fronts (SQLite here; PostgreSQL with
    ``--postgres URL``): the same trials through ``--jobs 1``, seconds per finished trial.
 
-    python bench/cluster.py [--trials 16] [--postgres postgresql://...]
+    python bench/cluster.py [--trials 16] [--rows 4000] [--postgres postgresql://...]
 """
 
 from __future__ import annotations
@@ -73,12 +73,14 @@ def stop(proc: subprocess.Popen) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=16)
+    parser.add_argument("--rows", type=int, default=4000, help="synthetic rows: how long a trial takes")
     parser.add_argument("--postgres", default=os.environ.get("PLE_SEARCH_TEST_POSTGRES"))
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ple-cluster-"))
     space = folder / "space.yaml"
-    space.write_text(yaml.safe_dump(SPACE))
-    print(f"`python bench/cluster.py --trials {args.trials}`: {args.trials} trials of a small synthetic space (3 epochs), on {os.cpu_count()} cores\n")
+    space.write_text(yaml.safe_dump({**SPACE, "dataset": {"name": "synthetic", "options": {"n": args.rows, "d": 8}}}))
+    print(f"`python bench/cluster.py --trials {args.trials} --rows {args.rows}`: {args.trials} trials of a synthetic space "
+          f"({args.rows:,} rows, 3 epochs), on {os.cpu_count()} cores\n")  # fmt: skip
 
     sqlite = f"sqlite:///{folder / 'jobs.db'}"
     run(space, f"sqlite:///{folder / 'warm.db'}", 2, "--jobs", "1")  # the data cache and the page cache warm for every arm

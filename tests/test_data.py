@@ -329,3 +329,22 @@ def test_an_unreadable_time_is_one_line_naming_the_row(tmp_path):
     (tmp_path / "t.yaml").write_text("file: t.csv\nnumeric: [x]\ntasks:\n  - {name: y, type: binary}\nsplit: {time: ts}\n")
     with pytest.raises(DataError, match="time column 'ts' has no readable time 'soon' at row 2"):
         load(str(tmp_path / "t.yaml"), use_cache=False)
+
+
+def test_label_scaling_is_the_same_whatever_the_torch_thread_count():
+    """A worker with one thread (a Ray task) must read the study's data exactly as it was created."""
+    import torch
+
+    from ple_search.data.dataset import _with_label_scale
+    from ple_search.data.schema import Task
+
+    labels = torch.from_numpy(np.random.default_rng(0).standard_normal(300_000).astype(np.float32) * 7 + 3)
+    previous = torch.get_num_threads()
+    try:
+        scaled = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            scaled.append(_with_label_scale(Task("y", "regression"), labels))
+    finally:
+        torch.set_num_threads(previous)
+    assert scaled[0] == scaled[1] and abs(scaled[0].shift - 3) < 0.05

@@ -118,13 +118,17 @@ def numeric_quantiles(train_numeric: torch.Tensor) -> tuple[tuple[float, ...], .
 
 
 def _with_label_scale(task: Task, train_labels: torch.Tensor) -> Task:
-    """A regression task with the train split's label mean and std (std 1 when undefined or 0)."""
+    """A regression task with the train split's label mean and std (std 1 when undefined or 0).
+    Computed with numpy, single-threaded: torch's reductions split the work by its thread count,
+    so a worker with other threads (a Ray task gets one) would get other last bits, and the study
+    would refuse it as data that changed."""
     if task.kind.probability:
         return task
-    known = train_labels[~torch.isnan(train_labels)].to(torch.float64)
-    if known.numel() == 0:
+    values = train_labels.numpy()
+    known = values[~np.isnan(values)].astype(np.float64)
+    if known.size == 0:
         return task
-    mean, std = float(known.mean()), float(known.std(unbiased=False))
+    mean, std = float(np.mean(known)), float(np.std(known))
     return replace(task, shift=mean, scale=std if std > 0 and math.isfinite(std) else 1.0)
 
 

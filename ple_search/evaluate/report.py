@@ -27,9 +27,9 @@ from ple_search.study.record import (
 )  # fmt: skip
 
 
-def architecture(hp: dict[str, Any], num_tasks: int) -> str:
+def architecture(hp: dict[str, Any], num_tasks: int, cascade: bool = False) -> str:
     """One readable cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty`` (``model.architectures``)."""
-    return describe(hp, num_tasks)
+    return describe(hp, num_tasks, cascade)
 
 
 TASK_METRICS = ("auc", "rmse")
@@ -60,7 +60,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
         "pareto": rank == 0,
         "values": dict(zip(names, values)),
         "test": {k: test.get(k) for k in [*record.task_objectives(), *companions(record)]},  # a serving cost has no test value
-        "architecture": architecture(hp, len(record.schema["tasks"])) if hp else "",
+        "architecture": architecture(hp, len(record.schema["tasks"]), any("depends_on" in t for t in record.schema["tasks"])) if hp else "",
         "n_params": trial.user_attrs.get(N_PARAMS),
         "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
         "epochs": trial.user_attrs.get(epochs_key),

@@ -154,12 +154,14 @@ def architecture_of(hp: Mapping[str, Any]) -> Architecture:
     return ARCHITECTURES[hp.get("architecture", "ple")]
 
 
-def describe(hp: Mapping[str, Any], num_tasks: int) -> str:
+def describe(hp: Mapping[str, Any], num_tasks: int, cascade: bool = False) -> str:
     """One readable report cell, e.g. ``PLE L2 3x2+2 [16] t[8] uncertainty``: the architecture's
-    own description, then a numeric encoding other than ``standard``, then the task balancing."""
+    own description, then a numeric encoding other than ``standard``, then the task balancing;
+    with dependent tasks (``cascade``) the task relation last (``esmm``, ``aitm``, ``independent``)."""
     encoding = hp.get("numeric_encoding", "standard")
     encoding = "" if encoding == "standard" else f"{encoding} "
-    return f"{architecture_of(hp).describe(hp, num_tasks)} {encoding}{hp['loss_weighting']}"
+    relation = f" {hp.get('task_relation', 'esmm')}" if cascade else ""
+    return f"{architecture_of(hp).describe(hp, num_tasks)} {encoding}{hp['loss_weighting']}{relation}"
 
 
 def embedding_groups(config: "PLEConfig", num_tasks: int) -> int:

@@ -16,8 +16,10 @@ optional dependency (``pip install 'ple-search[ray]'``), imported only here.
 
 from __future__ import annotations
 
+import io
 import logging
 import signal
+import sys
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -70,17 +72,40 @@ def connect(address: str) -> Any:
     return ray
 
 
-def _slot_entry(entry: Callable[[Any], int], request: Any, storage_url: str, slot: int) -> int:
-    """One worker, inside its Ray task: records which process holds the slot, then the loop."""
-    from ple_search.study.storage import load_study, open_storage
+class _LastLine(io.TextIOBase):
+    """A stream that passes everything on and keeps the last non-empty line (a worker's error)."""
 
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.last = inner, ""
+
+    def write(self, text: str) -> int:
+        lines = [line for line in text.splitlines() if line.strip()]
+        if lines:
+            self.last = lines[-1]
+        return self.inner.write(text)
+
+    def flush(self) -> None:
+        self.inner.flush()
+
+
+def _slot_entry(entry: Callable[[Any], int], request: Any, storage_url: str, slot: int) -> tuple[int, str]:
+    """One worker, inside its Ray task: records which process holds the slot, then the loop;
+    returns its exit code and last stderr line (the driver shows it when the code is not 0:
+    the worker's own output stays in Ray's logs on its node)."""
     import ray
+
+    from ple_search.study.storage import load_study, open_storage
 
     storage = open_storage(storage_url, retry_seconds=request.storage_retry)
     study = load_study(request.study, storage)
     study.set_user_attr(SLOT_KEY.format(slot), worker_id())
     study.set_user_attr(NODE_KEY.format(slot), ray.get_runtime_context().get_node_id())
-    return entry(request)
+    tail = _LastLine(sys.stderr)
+    sys.stderr = tail
+    try:
+        return entry(request), tail.last
+    finally:
+        sys.stderr = tail.inner
 
 
 class RayWorkers:
@@ -142,9 +167,10 @@ class RayWorkers:
                     self.errors += 1
                     self.on_line(f"worker {slot} failed: {str(exc).strip().splitlines()[-1]}")
                     continue
+                code, last = code
                 if code:
                     self.errors += 1
-                    self.on_line(f"worker {slot} exited with code {code}")
+                    self.on_line(f"worker {slot} exited with code {code}: {last}")
         return self.errors
 
     def stop(self) -> None:
