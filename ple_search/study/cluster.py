@@ -64,6 +64,14 @@ def connect(address: str) -> Any:
     ray = _ray()
     if ray.is_initialized():
         return ray
+    host, _, port = address.rpartition(":")
+    if address != "auto" and port.isdigit():  # Ray itself waits minutes on an address nothing answers
+        import socket
+
+        try:
+            socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+        except OSError as exc:
+            raise StorageError(f"--ray {address}: cannot join the Ray cluster (nothing answers there: {exc.strerror or exc}); start one with `ray start --head`") from None
     try:
         ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING, configure_logging=True, include_dashboard=False)
     except (ConnectionError, RuntimeError, ValueError) as exc:
