@@ -23,7 +23,7 @@ from torch import Tensor, nn
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
 from ple_search.model.towers import make_towers
-from ple_search.model.layers import CrossStack, Gate, GroupedLinear, GroupedMLP, mix
+from ple_search.model.layers import CrossStack, Gate, GroupedLinear, GroupedMLP, expert_order, mix, owner_mask
 
 
 class FusionLevel(nn.Module):
@@ -42,21 +42,17 @@ class FusionLevel(nn.Module):
         self.experts = GroupedMLP(experts, [in_dim, *config.expert_hidden], config.activation, float(config.dropout), True)
         self.gate = Gate(config.gate_type, experts, config.gate_k, self.units)
         self.gates = None if self.gate.sparse else GroupedMLP(self.units, [in_dim, *config.gate_hidden, experts], config.activation, 0.0, False)
-        owned = torch.zeros(self.units, experts)  # owned[u, e] = 1 for unit u's own experts
-        for k in range(t):
-            owned[k, k * p : (k + 1) * p] = 1
-        if self.units > t:
-            owned[t, t * p :] = 1
+        order = expert_order(t, p, s)
+        owned = owner_mask(order, t, self.units, shared_too=False)  # owned[u, e] = 1 for unit u's own experts
         self.register_buffer("owned", owned, persistent=False)
         counts = owned.sum(1)
         # the linear residual: learned weights on each unit's own experts, or 1 where each owns one
         self.native = nn.Parameter(torch.empty(self.units, experts).uniform_(-1, 1) / counts.clamp_min(1).sqrt()[:, None]) if bool((counts > 1).any()) else None
         self.all_forward = config.embedding_sharing == "shared_and_specific"
         if self.all_forward:  # STEM: a task unit trains its own and the shared experts, reads the rest
-            own = owned.clone()
-            own[:t, t * p :] = 1
+            own = owner_mask(order, t, self.units, shared_too=True)
             if self.units > t:
-                own[t] = 1
+                own[t] = 1  # the shared unit trains every expert
             self.register_buffer("own", own, persistent=False)
         self.has_shared_input = s > 0
 
@@ -127,14 +123,9 @@ class AdaTT(MultiTaskModel):
     def gate_experts(self) -> list[tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]]:
         out = []
         for level in self.levels:
-            t, p, s = level.num_tasks, level.experts_per_task, level.shared_experts
-            every = [(k, j) for k in range(t) for j in range(p)] + [(None, j) for j in range(s)]
-            out.append(([every] * t, every if level.units > t else None))
+            every = expert_order(level.num_tasks, level.experts_per_task, level.shared_experts)
+            out.append(([every] * level.num_tasks, every if level.units > level.num_tasks else None))
         return out
-
-    def regularization(self) -> Tensor | None:
-        terms = [level.gate.last_entropy for level in self.levels if level.gate.last_entropy is not None]
-        return torch.stack(terms).sum() if terms else None
 
     def forward(self, x: Tensor) -> Tensor:
         inputs = self._inputs(x)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+import torch
 from torch import Tensor, nn
 
 
@@ -74,9 +75,12 @@ class MultiTaskModel(nn.Module):
         return []
 
     def regularization(self) -> Tensor | None:
-        """A term the training loss adds (e.g. DSelect-k's entropy), from the last training
-        forward pass; None for none."""
-        return None
+        """A term the training loss adds, from the last training forward pass: by default the
+        entropy of every DSelect-k gate's selectors (``layers.Gate``); None for none."""
+        from ple_search.model.layers import Gate
+
+        terms = [m.last_entropy for m in self.modules() if isinstance(m, Gate) and m.last_entropy is not None]
+        return torch.stack(terms).sum() if terms else None
 
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - the interface
         raise NotImplementedError

@@ -178,6 +178,21 @@ class Gate(nn.Module):
         return weights.unsqueeze(1)  # [G, 1, n]: the same for every row
 
 
+def expert_order(num_tasks: int, experts_per_task: int, shared_experts: int) -> list[tuple[int | None, int]]:
+    """The experts of a level in the order every architecture stacks them: task k's expert j at
+    ``k*P + j``, the shared ones last, as ``(owner task, or None for a shared expert, index)``."""
+    t, p, s = num_tasks, experts_per_task, shared_experts
+    return [(k, j) for k in range(t) for j in range(p)] + [(None, j) for j in range(s)]
+
+
+def owner_mask(order: list[tuple[int | None, int]], num_tasks: int, units: int, shared_too: bool) -> Tensor:
+    """``[units, E]``: 1 where unit u owns expert e: task u's own experts, and the shared experts
+    for the shared unit (index ``num_tasks``, when there is one) or, with ``shared_too``, for every unit."""
+    return torch.tensor(
+        [[float(owner == u or (owner is None and (shared_too or u == num_tasks))) for owner, _ in order] for u in range(units)]
+    )
+
+
 def mix(weights: Tensor, experts: Tensor, own: Tensor | None = None) -> Tensor:
     """``sum_e weights[m, e] * experts[e]`` for every mixer m: ``weights [M, E, B, 1]`` (or
     ``[M, E]`` broadcast over rows), ``experts [E, B, d]`` -> ``[M, B, d]``. With ``own`` (``[M,

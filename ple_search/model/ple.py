@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ple_search.model.base import MultiTaskModel, network_config
 from ple_search.model.hparams import PLEConfig
 from ple_search.model.towers import make_towers
-from ple_search.model.layers import CrossStack, DenseLinear, Gate, GroupedLinear, GroupedMLP, make_activation, mix
+from ple_search.model.layers import CrossStack, DenseLinear, Gate, GroupedLinear, GroupedMLP, expert_order, make_activation, mix, owner_mask
 
 
 def _one(logits: Tensor | None) -> Tensor | None:
@@ -84,11 +84,7 @@ class Level(nn.Module):
         self.task_gate_first = (gate_hidden[0] if gate_hidden else task_mixed) if self.task_gate_size and not self.task_gate_fn.sparse else 0
         self.shared_gate_first = (gate_hidden[0] if gate_hidden else t * p + s) if self.shared_gate_size and not self.shared_gate_fn.sparse else 0
         if self.all_forward:  # own[k, e] = 1 for task k's experts and the shared ones
-            own = torch.zeros(t, t * p + s)
-            for k in range(t):
-                own[k, k * p : (k + 1) * p] = 1
-            own[:, t * p :] = 1
-            self.register_buffer("own", own, persistent=False)
+            self.register_buffer("own", owner_mask(expert_order(t, p, s), t, t, shared_too=True), persistent=False)
         gates_width = t * self.task_gate_first + self.shared_gate_first
         self.cross = cross_layers > 0
         if self.cross:  # each expert crosses its own copy of the input: first layers per expert
@@ -175,9 +171,8 @@ class Level(nn.Module):
     def gate_experts(self) -> tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]:
         """The experts each task gate and the shared gate mix, in their weights' order, as
         ``(owner task or None for shared, index)``."""
-        t, p, s = self.num_tasks, self.experts_per_task, self.shared_experts
-        every = [(k, j) for k in range(t) for j in range(p)] + [(None, j) for j in range(s)]
-        tasks = [every if self.all_forward else [(k, j) for j in range(p)] + [(None, j) for j in range(s)] for k in range(t)]
+        every = expert_order(self.num_tasks, self.experts_per_task, self.shared_experts)
+        tasks = [every if self.all_forward else [(owner, j) for owner, j in every if owner in (k, None)] for k in range(self.num_tasks)]
         return tasks, every if self.shared_gate_size else None
 
     def forward(self, task_in: Tensor | None, shared_in: Tensor | None) -> tuple[Tensor, Tensor | None]:
@@ -302,11 +297,6 @@ class PLE(MultiTaskModel):
 
     def gate_experts(self) -> list[tuple[list[list[tuple[int | None, int]]], list[tuple[int | None, int]] | None]]:
         return [level.gate_experts() for level in self.levels]
-
-    def regularization(self) -> Tensor | None:
-        """The DSelect-k selectors' entropy of the last training forward pass (None for softmax gates)."""
-        terms = [g.last_entropy for level in self.levels for g in (level.task_gate_fn, level.shared_gate_fn) if g.last_entropy is not None]
-        return torch.stack(terms).sum() if terms else None
 
     def _inputs(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
         """Level 0's task and shared inputs: none and ``x [B, D]``, or ``x[:T]`` and ``x[T]`` for
