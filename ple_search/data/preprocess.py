@@ -106,13 +106,14 @@ def list_items(cells: pd.Series, sep: str, max_len: int) -> tuple[np.ndarray, np
     text = np.where(missing, "", values).astype(str)
     distinct, inverse = np.unique(text, return_inverse=True)
     parsed = [[item.strip() for item in cell.split(sep) if item.strip()][:max_len] for cell in distinct]
-    lengths = np.array([len(items) for items in parsed], dtype=np.int64)[inverse.reshape(-1)]
+    per_distinct = np.array([len(items) for items in parsed], dtype=np.int64)
+    inverse = inverse.reshape(-1)
+    lengths = per_distinct[inverse]
     rows = np.repeat(np.arange(len(values)), lengths)
     slots = np.arange(len(rows)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     flat = [item for items in parsed for item in items]
-    per_distinct_start = np.concatenate([[0], np.cumsum([len(items) for items in parsed])])
     # the items of every row, gathered from its distinct cell's items
-    take = np.repeat(per_distinct_start[inverse.reshape(-1)], lengths) + slots
+    take = np.repeat((np.cumsum(per_distinct) - per_distinct)[inverse], lengths) + slots
     items = np.asarray(flat, dtype=object)[take] if flat else np.zeros(0, dtype=object)
     return rows, slots, items
 

@@ -114,6 +114,7 @@ class _World:
         for lo in range(0, users, 4096):
             scores = self.user[lo : lo + 4096] @ self.item[popular].T + rng.gumbel(size=(min(4096, users - lo), len(popular)))
             self.history[lo : lo + 4096] = popular[np.argsort(-scores, axis=1)[:, : self.history.shape[1]]]
+        self.history_names = np.char.add("i", self.history.astype(str)).astype(object)  # as the item_id column spells them
         # an item's tags: the sign pattern of its two largest factors, and its category's group
         top = np.argsort(-np.abs(self.item), axis=1)[:, :2]
         signs = np.take_along_axis(self.item, top, 1) > 0
@@ -135,7 +136,7 @@ class _World:
         counts = rng.integers(0, max_len + 1, len(user))
         start = rng.integers(0, self.history.shape[1], len(user))
         width = self.history.shape[1]
-        names = np.char.add("i", self.history.astype(str)).astype(object)
+        names = self.history_names
         return np.array(["|".join(names[u, (s + np.arange(c)) % width]) for u, s, c in zip(user, start, counts)], dtype=object)
 
 

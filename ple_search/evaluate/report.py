@@ -39,11 +39,11 @@ def companions(record: StudyRecord) -> list[str]:
     """The other metric of each dependent task an objective names: its conditional AUC
     (``conversion@click``) beside its joint one, or the joint beside the conditional; the report
     shows both."""
-    from ple_search.data.schema import Schema, conditional_name
+    from ple_search.data.schema import conditional_name
 
     objectives = set(record.task_objectives())
     out = []
-    for task in Schema.from_dict(record.schema).dependent:
+    for task in record.parsed_schema.dependent:
         pair = (task.name, conditional_name(task))
         if objectives & set(pair):
             out += [n for n in pair if n not in objectives]
@@ -60,7 +60,7 @@ def _row(trial: FrozenTrial, record: StudyRecord, rank: int | None, values: list
         "pareto": rank == 0,
         "values": dict(zip(names, values)),
         "test": {k: test.get(k) for k in [*record.task_objectives(), *companions(record)]},  # a serving cost has no test value
-        "architecture": architecture(hp, len(record.schema["tasks"]), any("depends_on" in t for t in record.schema["tasks"])) if hp else "",
+        "architecture": architecture(hp, len(record.parsed_schema.tasks), bool(record.parsed_schema.dependent)) if hp else "",
         "n_params": trial.user_attrs.get(N_PARAMS),
         "train_seconds": trial.user_attrs.get(TRAIN_SECONDS),
         "epochs": trial.user_attrs.get(epochs_key),

@@ -25,11 +25,9 @@ import time
 from typing import Any, Callable, Sequence
 
 import optuna
-from optuna.trial import TrialState
 
 from ple_search.core.errors import Interrupted, StorageError
 from ple_search.study.parallel import recover_worker_trials, worker_id
-from ple_search.study.record import WORKER
 
 SLOT_KEY = "ple_search:ray_slot:{}"  # study user attr: the host:pid of the worker now in slot i
 NODE_KEY = "ple_search:ray_node:{}"  # study user attr: the Ray node id the worker of slot i runs on
@@ -159,7 +157,7 @@ class RayWorkers:
                 slot = next(s for s, r in self.refs.items() if r == ref)
                 del self.refs[slot]
                 try:
-                    code = self.ray.get(ref)
+                    code, last = self.ray.get(ref)
                 except (self.ray.exceptions.WorkerCrashedError, self.ray.exceptions.NodeDiedError, self.ray.exceptions.ActorDiedError,
                         self.ray.exceptions.LocalRayletDiedError, self.ray.exceptions.RaySystemError) as exc:  # fmt: skip
                     failed = self._recover(slot, f"died ({type(exc).__name__})")
@@ -175,7 +173,6 @@ class RayWorkers:
                     self.errors += 1
                     self.on_line(f"worker {slot} failed: {str(exc).strip().splitlines()[-1]}")
                     continue
-                code, last = code
                 if code:
                     self.errors += 1
                     self.on_line(f"worker {slot} exited with code {code}: {last}")
@@ -196,8 +193,7 @@ class RayWorkers:
         # a worker cancelled before its trial could be marked leaves it RUNNING: fail those too
         for slot in range(len(self.requests)):
             holder = self._holder(slot)
-            running = [t for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.user_attrs.get(WORKER) == holder]
-            if holder and running:
+            if holder:
                 recover_worker_trials(self.study, holder, "interrupted")
         self.refs = {}
 

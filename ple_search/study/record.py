@@ -21,6 +21,7 @@ pruner (``study.pruning``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -120,15 +121,20 @@ class StudyRecord:
             meta=dict(meta),
         )  # fmt: skip
 
+    @functools.cached_property
+    def parsed_schema(self) -> Schema:
+        """``schema`` as a ``Schema``, parsed once (reports ask it for every row)."""
+        return Schema.from_dict(self.schema if self.schema.get("tasks") is not None else {"tasks": []})
+
     def task_objectives(self) -> list[str]:
         """The objectives that are tasks, or a dependent task's conditional output
         (``conversion@click``); the others are serving costs, minimised."""
-        tasks = set(Schema.from_dict(self.schema).output_names) if self.schema.get("tasks") else set()
+        tasks = set(self.parsed_schema.output_names)
         return [name for name in self.objectives if name in tasks] if tasks else list(self.objectives)
 
     def tasks(self) -> list[Task]:
         """The objectives as ``Task``s of the stored schema."""
-        return Schema.from_dict(self.schema).tasks_named(self.task_objectives(), f"study '{self.name}'")
+        return self.parsed_schema.tasks_named(self.task_objectives(), f"study '{self.name}'")
 
 
 def is_ple_study(study: optuna.Study) -> bool:
