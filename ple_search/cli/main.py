@@ -419,9 +419,8 @@ def _run_ray(request, argv: Sequence[str]) -> int:
     """``--ray ADDRESS``: the study is opened as for ``--jobs``, then ``--jobs`` workers run it as
     Ray tasks on the cluster (``study.cluster``); this process shows their progress."""
     from ple_search.cli.progress import WorkersReporter
-    from ple_search.study.cluster import SLOT_KEY, check_storage, connect, run_ray_workers
+    from ple_search.study.cluster import FinishedTrials, check_storage, connect, run_ray_workers
     from ple_search.study.parallel import call_forked
-    from ple_search.study.record import WORKER, StudyRecord
     from ple_search.study.storage import load_study, open_storage
 
     check_storage(request.storage)
@@ -437,19 +436,11 @@ def _run_ray(request, argv: Sequence[str]) -> int:
     study = load_study(request.study, storage)
     workers = [dataclasses.replace(request.for_worker(i, request.cpus_per_worker), ray=None) for i in range(jobs)]
     reporter = WorkersReporter(study, request.trials, err, jobs, echo=request.quiet)
-    seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+    finished = FinishedTrials(study, jobs)
 
     def tick() -> None:  # the workers' lines stay on their nodes: each finished trial is told from the storage
-        new = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in seen]
-        if new:
-            attrs = study.user_attrs
-            slots = {attrs.get(SLOT_KEY.format(i)): i for i in range(jobs)}
-            names = StudyRecord.from_study(study).objectives
-            for trial in new:
-                seen.add(trial.number)
-                values = " ".join(f"{k}={v:.4f}" for k, v in zip(names, trial.values or [])) if trial.state.name == "COMPLETE" else trial.state.name
-                worker = trial.user_attrs.get(WORKER, "?")
-                reporter.worker_line(slots.get(worker, 0), f"trial {trial.number}: {values} ({worker})")
+        for slot, line in finished.new_lines():
+            reporter.worker_line(slot, line)
         reporter.tick()
 
     from ple_search.cli import main as entry_module  # by its import name: Ray ships it by reference, also under `python -m`
@@ -459,6 +450,8 @@ def _run_ray(request, argv: Sequence[str]) -> int:
             entry_module.worker_main, workers, study, address=request.ray, storage_url=request.storage, target=request.trials,
             cpus=request.cpus_per_worker, gpus=request.gpus_per_worker, tick=tick, on_line=_notice,
         )  # fmt: skip
+        for slot, line in finished.new_lines(force=True):
+            reporter.worker_line(slot, line)
     return _workers_ended(study, request, argv, interrupted, errors, jobs, "Ray workers")
 
 

@@ -28,6 +28,7 @@ import optuna
 
 from ple_search.core.errors import Interrupted, StorageError
 from ple_search.study.parallel import recover_worker_trials, worker_id
+from ple_search.study.record import WORKER, StudyRecord
 
 SLOT_KEY = "ple_search:ray_slot:{}"  # study user attr: the host:pid of the worker now in slot i
 NODE_KEY = "ple_search:ray_node:{}"  # study user attr: the Ray node id the worker of slot i runs on
@@ -112,6 +113,38 @@ def _slot_entry(entry: Callable[[Any], int], request: Any, storage_url: str, slo
         return entry(request), tail.last
     finally:
         sys.stderr = tail.inner
+
+
+class FinishedTrials:
+    """The driver's view of the workers' progress: a line per trial finished since the last look,
+    with the slot of the worker that ran it, read from the storage at most every ``POLL_SECONDS``
+    (the workers' own lines stay in Ray's logs on their nodes)."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, study: optuna.Study, jobs: int) -> None:
+        self.study, self.jobs = study, jobs
+        self.seen = {t.number for t in study.get_trials(deepcopy=False) if t.state.is_finished()}
+        self.last_poll = 0.0
+
+    def new_lines(self, force: bool = False) -> list[tuple[int, str]]:
+        """``(slot, line)`` per newly finished trial; ``force``: look now (the last look of a run)."""
+        if not force and time.monotonic() - self.last_poll < self.POLL_SECONDS:
+            return []
+        self.last_poll = time.monotonic()
+        new = [t for t in self.study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in self.seen]
+        if not new:
+            return []
+        attrs = self.study.user_attrs
+        slots = {attrs.get(SLOT_KEY.format(i)): i for i in range(self.jobs)}
+        names = StudyRecord.from_study(self.study).objectives
+        lines = []
+        for trial in new:
+            self.seen.add(trial.number)
+            values = " ".join(f"{k}={v:.4f}" for k, v in zip(names, trial.values or [])) if trial.state.name == "COMPLETE" else trial.state.name
+            worker = trial.user_attrs.get(WORKER, "?")
+            lines.append((slots.get(worker, 0), f"trial {trial.number}: {values} ({worker})"))
+        return lines
 
 
 class RayWorkers:
