@@ -90,7 +90,7 @@ def test_rungs_are_min_epochs_times_powers_of_eta_below_the_epoch_budget():
 def test_a_run_that_early_stopping_ends_is_never_pruned():
     asked = []
     recorder = EpochRecorder([Task("y", "binary")], patience=1, stop_check=lambda epochs, best: asked.append(epochs) or True)
-    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, max_epochs=8)
+    trainer = SimpleNamespace(sanity_checking=False, should_stop=False, max_epochs=8, world_size=1)
     recorder.on_validation_end(trainer, SimpleNamespace(last_metrics={"val": {"y": 0.8}}, state_dict=dict))
     assert recorder.pruned_at == 1 and trainer.should_stop  # improving epoch at a rung: the check decides
     recorder.pruned_at, trainer.should_stop = None, False

@@ -300,7 +300,7 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     import torch
 
     from ple_search.cli.progress import LiveReporter, LogReporter
-    from ple_search.study.run import choose_threads, open_run, run_header, threads_line
+    from ple_search.study.run import choose_threads, open_run, run_header, threads_line, trial_processes
     from ple_search.study.search import run_search
     from ple_search.train.engine import TrialSettings
 
@@ -310,7 +310,7 @@ def _run_one(request, argv: Sequence[str] | None) -> int:
     threads = request.threads
     if request.worker is None:
         threads, why = choose_threads(request, opened)
-        for line in [*run_header(request, opened), threads_line(threads, request.jobs, why)]:
+        for line in [*run_header(request, opened), threads_line(threads, request.jobs, why, trial_processes(opened.space))]:
             err.print(line)
     torch.set_num_threads(threads or 1)
     settings = TrialSettings.from_budget(
@@ -387,8 +387,9 @@ def _run_parallel(request, argv: Sequence[str]) -> int:
     from ple_search.study.storage import load_study, open_storage
 
     prepared = call_forked(_prepare_quietly, request)
-    for line in prepared["lines"]:
+    for line in [*prepared["lines"], prepared["threads_line"]]:
         err.print(line)
+    request = dataclasses.replace(request, jobs=prepared["jobs"])
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
     study = load_study(request.study, storage)
     workers = [request.for_worker(i, prepared["threads"]) for i in range(request.jobs)]
@@ -428,13 +429,16 @@ def _run_ray(request, argv: Sequence[str]) -> int:
     jobs = request.jobs if not request.auto_jobs else 2
     request = dataclasses.replace(request, jobs=jobs, threads=request.cpus_per_worker, auto_jobs=False)
     prepared = call_forked(_prepare_quietly, request)
-    for line in prepared["lines"][:-1]:
+    for line in prepared["lines"]:
         err.print(line)
     gpus = f", {request.gpus_per_worker:g} GPUs" if request.gpus_per_worker else ""
-    err.print(f"workers: {jobs} Ray tasks on {request.ray}, {request.cpus_per_worker} CPUs{gpus} each ({request.cpus_per_worker} torch threads)")
+    processes = prepared["processes"]
+    threads = max(1, request.cpus_per_worker // processes)  # a trial's processes share the worker's CPUs
+    per = f"{processes} processes x {threads} torch threads" if processes > 1 else f"{threads} torch threads"
+    err.print(f"workers: {jobs} Ray tasks on {request.ray}, {request.cpus_per_worker} CPUs{gpus} each ({per})")
     storage = open_storage(request.storage, request.heartbeat_interval, request.grace_period, retry_seconds=request.storage_retry, notify=_notice)
     study = load_study(request.study, storage)
-    workers = [dataclasses.replace(request.for_worker(i, request.cpus_per_worker), ray=None) for i in range(jobs)]
+    workers = [dataclasses.replace(request.for_worker(i, threads), ray=None) for i in range(jobs)]
     reporter = WorkersReporter(study, request.trials, err, jobs, echo=request.quiet)
     finished = FinishedTrials(study, jobs)
 

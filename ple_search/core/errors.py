@@ -23,6 +23,11 @@ class TrialFailed(PLESearchError):
     """A trial cannot finish (non-finite loss, unbuildable config); the study goes on."""
 
 
+class RankLost(TrialFailed):
+    """A process of a multi-process trial other than rank 0 was killed (a signal: the OOM killer,
+    an operator): not the config's doing, so the trial is failed and its config run once more."""
+
+
 class Interrupted(BaseException):
     """Ctrl-C or SIGTERM during a search. A ``BaseException``, like ``KeyboardInterrupt``, but
     Lightning re-raises it where it turns ``KeyboardInterrupt`` into ``sys.exit(1)``."""

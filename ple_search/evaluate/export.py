@@ -138,7 +138,10 @@ def build_config(study: optuna.Study, trial: FrozenTrial, storage_url: str, reas
         "split": record.split,
         "schema": record.schema,
         "objectives": record.task_objectives(),
-        "training": {"max_epochs": int(trial.user_attrs[BEST_EPOCH]), "patience": int(record.budget["patience"])},
+        "training": {
+            "max_epochs": int(trial.user_attrs[BEST_EPOCH]), "patience": int(record.budget["patience"]),
+            **({"trial_processes": record.budget["trial_processes"]} if record.budget.get("trial_processes", 1) > 1 else {}),
+        },  # fmt: skip
         "provenance": {
             "study": study.study_name,
             "storage": mask_url(storage_url),

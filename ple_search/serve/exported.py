@@ -35,8 +35,10 @@ def load_config(path: str | Path) -> dict[str, Any]:
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     training = config["training"]
-    for key in ("max_epochs", "patience"):
-        value = training.get(key)
+    if not isinstance(training, dict):
+        raise ConfigError(f"{path}: training must be a mapping with max_epochs, patience and optionally trial_processes")
+    for key in ("max_epochs", "patience", "trial_processes"):
+        value = training.get(key, 1 if key == "trial_processes" else None)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ConfigError(f"{path}: training.{key} = {value!r} must be an integer >= 1")
     return config

@@ -128,6 +128,18 @@ def preflight(request: RunRequest, space: "SearchSpace", dataset: "Dataset") -> 
         if not torch.cuda.is_available():
             what = "--accelerator gpu" if request.accelerator == "gpu" else f"{space.path}: key 'precision' = 16-mixed"
             raise ConfigError(f"{what}: no CUDA GPU is visible on this machine; use --accelerator cpu (or auto), or precision 32 or bf16-mixed")
+    processes = trial_processes(space)
+    if processes > 1 and request.accelerator in ("gpu", "auto"):
+        import torch
+
+        if torch.cuda.is_available():
+            where = f"{space.path}: key 'budget.trial_processes' = {processes}"
+            visible = int(request.gpus_per_worker) if request.ray is not None else torch.cuda.device_count()
+            if visible < processes:
+                flag = "--gpus-per-worker" if request.ray is not None else "visible GPUs"
+                raise ConfigError(f"{where}: each process of a GPU trial takes its own GPU and {flag} is {visible}; lower it or give more GPUs")
+            if request.ray is None and request.jobs > 1:
+                raise ConfigError(f"{where}: a GPU trial on several processes takes the machine's GPUs; run it with --jobs 1 (or on Ray with --gpus-per-worker)")
     if "latency" in space.cost_measures():
         _try_serving(space, dataset)
 
@@ -191,11 +203,12 @@ def choose_threads(request: RunRequest, opened: OpenRun, cores: int | None = Non
     if request.threads:
         return request.threads, "--threads"
     cores = cores or os.cpu_count() or 1
-    available = max(1, cores // request.jobs)
+    processes = trial_processes(opened.space)
+    available = max(1, cores // (request.jobs * processes))
     if request.accelerator == "gpu":
         return available, "GPU trials"
     if available == 1:
-        return 1, f"{cores} cores shared by {request.jobs} jobs"
+        return 1, f"{cores} cores shared by {request.jobs} jobs" + (f" x {processes} processes" if processes > 1 else "")
     from ple_search.core.errors import ConfigError
     from ple_search.train.engine import pick_threads
     from ple_search.train.module import PLEModule
@@ -207,21 +220,32 @@ def choose_threads(request: RunRequest, opened: OpenRun, cores: int | None = Non
     return pick_threads(module, opened.dataset.train, available)
 
 
-def threads_line(threads: int, jobs: int, why: str) -> str:
+def trial_processes(space: "SearchSpace") -> int:
+    """Processes each trial trains on (``budget.trial_processes``, ``train.ranks``)."""
+    return int(space.budget.get("trial_processes", 1))
+
+
+def threads_line(threads: int, jobs: int, why: str, processes: int = 1) -> str:
     """The run header's line on threads and jobs, with why they were chosen."""
     overrides = "" if why == "--threads" else "; --threads N overrides"
-    return f"threads: {threads} per trial x {jobs} jobs ({why}{overrides})"
+    per = f"per process x {processes} processes per trial" if processes > 1 else "per trial"
+    return f"threads: {threads} {per} x {jobs} jobs ({why}{overrides})"
 
 
 def prepare_run(request: RunRequest) -> dict[str, Any]:
     """What a ``--jobs`` parent needs before it starts workers, computed where the engine may load
     (``parallel.call_forked``): the study created or checked, the lines to print, each worker's
-    threads (without ``--jobs``/``--threads``: one, as workers were started one per core) and the
-    GPUs the workers may use. Returns ``{"lines", "threads", "gpus"}``."""
+    threads (without ``--jobs``/``--threads``: one, as workers were started one per core), the
+    GPUs the workers may use, and the workers (``--jobs``, or without it the cores shared out among
+    each trial's ``budget.trial_processes``). Returns ``{"lines", "threads_line", "threads", "gpus",
+    "jobs", "processes"}``."""
     lines: list[str] = []
     opened = open_run(request, lines.append)
+    processes = trial_processes(opened.space)
+    jobs = request.jobs
     if request.auto_jobs:  # workers scale about linearly on small models, intra-op threads far less
-        threads, why = 1, f"{request.trials} trials to share: one trial per core"
+        jobs = max(1, request.jobs // processes)
+        threads, why = 1, f"{request.trials} trials to share: one " + ("trial per core" if processes == 1 else "process per core")
     else:
         threads, why = choose_threads(request, opened)
     gpus: list[str] = []
@@ -230,5 +254,5 @@ def prepare_run(request: RunRequest) -> dict[str, Any]:
 
         if torch.cuda.is_available():
             gpus = [str(i) for i in range(torch.cuda.device_count())]
-    lines += [*run_header(request, opened), threads_line(threads, request.jobs, why)]
-    return {"lines": lines, "threads": threads, "gpus": gpus}
+    lines += run_header(request, opened)
+    return {"lines": lines, "threads_line": threads_line(threads, jobs, why, processes), "threads": threads, "gpus": gpus, "jobs": jobs, "processes": processes}

@@ -40,6 +40,7 @@ RENAMED_KEYS = {"constraints": "limits"}
 PARAM_KEYS = {"type", "low", "high", "log", "step", "choices", "when"}
 SAMPLERS = ("tpe", "nsga2", "nsga3", "gp", "random")
 BUDGET_DEFAULTS = {"max_epochs": 10, "patience": 2}
+BUDGET_OPTIONAL = ("trial_processes",)  # DDP processes per trial (``train.ranks``); absent = 1, as spaces stored before it
 
 
 @dataclass
@@ -363,8 +364,8 @@ def _parse_sampler(path: str, sampler: Any) -> dict[str, Any]:
 def _parse_budget(path: str, budget: Any) -> dict[str, int]:
     budget = {**BUDGET_DEFAULTS, **_mapping(path, "budget", budget)}
     for key, value in budget.items():
-        if key not in BUDGET_DEFAULTS:
-            raise _fail(path, f"budget.{key}", f"unknown; allowed: {sorted(BUDGET_DEFAULTS)}")
+        if key not in BUDGET_DEFAULTS and key not in BUDGET_OPTIONAL:
+            raise _fail(path, f"budget.{key}", f"unknown; allowed: {sorted([*BUDGET_DEFAULTS, *BUDGET_OPTIONAL])}")
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise _fail(path, f"budget.{key}", f"must be an integer >= 1, got {value!r}")
     return budget

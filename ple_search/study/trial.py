@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ple_search.core.errors import Interrupted, StorageError, TrialFailed
+from ple_search.core.errors import Interrupted, RankLost, StorageError, TrialFailed
 from ple_search.study.parallel import worker_id
 from ple_search.study.record import (
     BEST_EPOCH, COST, DEVICE, DUPLICATE_OF, EPOCHS_RUN, FAIL_REASON, HPARAMS, N_PARAMS, OVER_BUDGET, PRUNED_AT, RETRY_OF, TEST,
@@ -92,6 +92,8 @@ class TrialRun:
                 return reuse_twin(trial, twin)
             return run_trial(trial, self.space, self.dataset, self.settings, hook=self.reporter.epoch)
         except BaseException as exc:  # noqa: BLE001 - classified, recorded and re-raised below
+            if isinstance(exc, RankLost) and RETRY_OF not in trial.user_attrs:  # not the config's doing: once more
+                self.study.enqueue_trial(trial.params, user_attrs={RETRY_OF: trial.number})
             raise _outcome(trial, exc) from None
 
     def surplus(self, number: int) -> bool:

@@ -7,6 +7,7 @@ of that epoch are stored for reporting and never used for selection.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -64,6 +65,8 @@ class EpochRecorder(pl.Callback):
         if checking and self.stop_check(epoch + 1, self.curve[self.best_epoch]):
             self.pruned_at = epoch + 1
             trainer.should_stop = True
+        if trainer.world_size > 1:  # rank 0 owns the trial: its decision (MO-ASHA's included) holds on every rank
+            trainer.should_stop, self.pruned_at = trainer.strategy.broadcast((trainer.should_stop, self.pruned_at), src=0)
         if self.hook is not None:
             self.hook(epoch, trainer.max_epochs, self.best_epoch, metrics)
 
@@ -87,14 +90,18 @@ class TrialSettings:
     accelerator: str = "cpu"
     tensorboard: str | None = None  # a folder: Lightning's TensorBoard logger, one version per trial or seed
     experiment: str = "ple-search"  # its name there (the study)
+    processes: int = 1  # budget.trial_processes: each config trains with DDP on this many processes (``train.ranks``)
 
     @classmethod
     def from_budget(
         cls, objectives: Sequence[Task], budget: Mapping[str, int], *, seed: int = 0, accelerator: str = "cpu",
         tensorboard: str | None = None, experiment: str = "ple-search",
     ) -> "TrialSettings":  # fmt: skip
-        """Settings from a stored or exported budget (``max_epochs``, ``patience``)."""
-        return cls(list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator, tensorboard, experiment)
+        """Settings from a stored or exported budget (``max_epochs``, ``patience``, ``trial_processes``)."""
+        return cls(
+            list(objectives), int(budget["max_epochs"]), int(budget["patience"]), seed, accelerator, tensorboard, experiment,
+            int(budget.get("trial_processes", 1)),
+        )  # fmt: skip
 
 
 # Lightning sets its loggers to INFO with a handler of its own when it is imported, and then prints
@@ -108,19 +115,27 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run", precision: str = "32") -> pl.Trainer:
+def make_trainer(settings: TrialSettings, callbacks: list[pl.Callback], run_name: str = "run", precision: str = "32", *, rank: int = 0) -> pl.Trainer:
     """A trainer with every per-step extra off: no checkpoints, bars, summaries or banners, and no
-    logger unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the experiment)."""
+    logger unless ``settings.tensorboard`` names a folder (then version ``run_name`` of the
+    experiment, written by rank 0). With ``settings.processes`` > 1, DDP over the processes
+    ``train.ranks`` started (``strategy``)."""
     quiet_lightning()
     logger: Any = False
-    if settings.tensorboard:
+    strategy: Any = "auto"
+    if settings.processes > 1:
+        from ple_search.train.ranks import strategy as ddp
+
+        strategy = ddp(settings.accelerator)
+    if settings.tensorboard and rank == 0:
         from pytorch_lightning.loggers import TensorBoardLogger
 
         logger = TensorBoardLogger(settings.tensorboard, name=settings.experiment, version=run_name, default_hp_metric=False)
     return pl.Trainer(
         max_epochs=settings.max_epochs,
         accelerator=settings.accelerator,
-        devices=1,
+        devices=settings.processes,
+        strategy=strategy,
         logger=logger,
         log_every_n_steps=1,
         precision=precision,
@@ -142,9 +157,12 @@ def train_config(
     stop_check: StopCheck | None = None,
     on_built: Callable[[PLEModule], None] | None = None,
     run_name: str = "run",
+    rank: int = 0,
 ) -> tuple[PLEModule, EpochRecorder, float]:
     """Train one config to its best validation epoch; returns the module (best weights loaded),
-    the recorder and the training seconds."""
+    the recorder and the training seconds. With ``settings.processes`` > 1 this process is rank 0
+    (it starts the other ranks, ``train.ranks.Ranks``, and alone calls ``hook`` and
+    ``stop_check``) unless ``rank`` says it is one of those."""
     pl.seed_everything(seed, verbose=False)
     try:
         module = PLEModule(dataset.schema, hparams)
@@ -153,15 +171,21 @@ def train_config(
     if on_built is not None:  # e.g. serving cost, measured before any epoch is spent
         on_built(module)
     recorder = EpochRecorder(settings.objectives, settings.patience, hook, stop_check)
-    data = PLEDataModule(dataset, module.resolved["batch_size"], seed=seed)
+    data = PLEDataModule(dataset, module.resolved["batch_size"], seed=seed, rank=rank, world=settings.processes)
     start = time.perf_counter()
     precision = module.resolved["precision"]
     if precision == "16-mixed" and not (settings.accelerator in ("gpu", "auto") and torch.cuda.is_available()):
         raise TrialFailed("precision 16-mixed needs a GPU; on CPU use bf16-mixed or 32")
-    trainer = make_trainer(settings, [recorder], run_name, precision)
-    if trainer.logger:
-        trainer.logger.log_hyperparams(module.resolved)
-    trainer.fit(module, data)
+    ranks: Any = contextlib.nullcontext()
+    if settings.processes > 1 and rank == 0:
+        from ple_search.train.ranks import Ranks
+
+        ranks = Ranks(dataset, module.resolved, settings, seed)
+    with ranks:  # the other ranks run while this one trains
+        trainer = make_trainer(settings, [recorder], run_name, precision, rank=rank)
+        if trainer.logger:
+            trainer.logger.log_hyperparams(module.resolved)
+        trainer.fit(module, data)
     seconds = time.perf_counter() - start
     if recorder.best_state is None:
         raise TrialFailed("no epoch produced defined validation metrics")

@@ -116,8 +116,8 @@ class PLEModule(pl.LightningModule):
         mean = self._epoch_loss_sum / max(self._epoch_steps, 1)
         self.weighting.epoch_end(self.current_epoch, mean)
         self.log_dict(
-            {f"train/{name}/loss": float(v) for name, v in zip(self.schema.task_names, mean)}, on_epoch=True
-        )
+            {f"train/{name}/loss": float(v) for name, v in zip(self.schema.task_names, mean)}, on_epoch=True, sync_dist=True
+        )  # sync_dist: the mean over the ranks' shards (a no-op on one process)
         self._epoch_loss_sum = torch.zeros_like(mean)
         self._epoch_steps = 0
 
@@ -126,12 +126,16 @@ class PLEModule(pl.LightningModule):
         self._eval_outputs.append((self(cat, num).detach(), labels))
 
     def on_validation_epoch_end(self) -> None:
-        outputs = torch.cat([o for o, _ in self._eval_outputs]).cpu()
-        labels = torch.cat([y for _, y in self._eval_outputs]).cpu()
+        outputs = torch.cat([o for o, _ in self._eval_outputs])
+        labels = torch.cat([y for _, y in self._eval_outputs])
         self._eval_outputs = []
+        if self.trainer.world_size > 1:  # each rank saw its block: metrics are the whole split's
+            rows = len(self.trainer.datamodule.dataset.val)
+            outputs, labels = (gather(t)[:rows] for t in (outputs, labels))
+        outputs, labels = outputs.cpu(), labels.cpu()
         metrics = task_metrics(outputs, labels, self.schema.tasks)
         self.last_metrics["val"] = metrics
-        self.log_dict({f"val/{t.name}/{t.metric}": metrics[t.name] for t in self.schema.tasks})
+        self.log_dict({f"val/{t.name}/{t.metric}": metrics[t.name] for t in self.schema.tasks}, sync_dist=True)  # equal on every rank
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[VERSION_KEY] = __version__
@@ -151,3 +155,10 @@ class PLEModule(pl.LightningModule):
         if weighting_ids:
             groups.append({"params": list(self.weighting.parameters()), "weight_decay": 0.0})
         return optimizer(groups, lr=self.resolved["lr"], weight_decay=self.resolved["weight_decay"])
+
+
+def gather(rows: Tensor) -> Tensor:
+    """Every rank's ``rows`` (the same shape on each) concatenated in rank order."""
+    parts = [torch.empty_like(rows) for _ in range(torch.distributed.get_world_size())]
+    torch.distributed.all_gather(parts, rows.contiguous())
+    return torch.cat(parts)
