@@ -185,3 +185,46 @@ def test_an_unreachable_cluster_is_one_line_before_any_study_exists(tmp_path, ca
                  "--ray", f"127.0.0.1:{free_port()}"]) == 2  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot join the Ray cluster" in err[0], err
+
+
+def _cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ple_search.cli.main", *argv], capture_output=True, text=True, timeout=400)
+
+
+def test_confirm_on_ray_stores_what_confirm_here_stores(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r5", 3)
+    assert proc.wait(timeout=300) == 0
+    confirmed = []
+    for where in ([], ["--ray", address]):
+        done = _cli("confirm", "--study", "r5", "--storage", storage, "--seeds", "2", "--threads", "1", *where)
+        assert done.returncode == 0, done.stderr
+        confirmed.append(optuna.load_study(study_name="r5", storage=open_storage(storage)).user_attrs["confirmed"]["trials"])
+    assert "as " in done.stderr and "Ray tasks" in done.stderr
+    here, there = confirmed
+    assert set(here) == set(there) and here
+    for number in here:  # seeded: the same numbers wherever each seed trained
+        assert here[number]["val_mean"] == pytest.approx(there[number]["val_mean"], abs=1e-6)
+        assert here[number]["test_mean"] == pytest.approx(there[number]["test_mean"], abs=1e-6)
+        assert ("gates" in here[number]) == ("gates" in there[number])
+
+
+def test_baselines_on_ray_search_on_the_workers_and_store_every_task(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r6", 2)
+    assert proc.wait(timeout=300) == 0
+    done = _cli("baselines", "--study", "r6", "--storage", storage, "--trials", "3", "--seeds", "2", "--no-gbdt", "--ray", address, "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    study = optuna.load_study(study_name="r6", storage=open_storage(storage))
+    baselines = study.user_attrs["baselines"]
+    assert set(baselines) == {"y1", "y2"} and all(b["seeds"] == 2 for b in baselines.values())
+    for task, result in baselines.items():
+        single = exactly(storage, result["study"], 3)
+        slots = {single.user_attrs.get(SLOT_KEY.format(i)) for i in range(2)}
+        assert {t.user_attrs["worker"] for t in single.get_trials()} <= slots  # trained by the Ray workers
+
+
+def test_baselines_on_ray_refuse_the_journal_file_in_one_line(tmp_path, capsys):
+    assert main(["baselines", "--study", "j", "--storage", str(tmp_path / "s.journal"), "--ray", "127.0.0.1:1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--ray needs a storage every node reaches" in err[0]

@@ -169,9 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=COUNT, help="torch threads per trial (default: one, more where a measured training step shows they pay)")
     run.add_argument("--quiet", action="store_true", help="one log line per trial instead of the live panel")
     run.add_argument("--jobs", type=COUNT, help="worker processes on this machine sharing the study (default: one per core, one thread each, on a CPU run with at least 4 trials per core to share, else 1)")
-    run.add_argument("--ray", metavar="ADDRESS", help="place the --jobs workers on this Ray cluster (host:port, or auto); needs an RDB or grpc:// storage")
-    run.add_argument("--cpus-per-worker", type=COUNT, default=1, help="--ray: CPUs (and torch threads) per worker (default 1)")
-    run.add_argument("--gpus-per-worker", type=GPU_SHARE, default=0.0, help="--ray: GPUs per worker, e.g. 1 or 0.5 (default 0)")
+    _ray_args(run, "place the --jobs workers on this Ray cluster (host:port, or auto); needs an RDB or grpc:// storage")
     run.add_argument("--devices", type=_device_list, help="GPUs for the --jobs workers, round-robin (default: every visible GPU with --accelerator gpu|auto)")
     run.add_argument("--heartbeat-interval", type=COUNT, default=30, help="RDB storages: seconds between a running trial's heartbeats")
     run.add_argument("--grace-period", type=COUNT, help="RDB storages: seconds without heartbeat before a trial is failed and retried (default 2x interval)")
@@ -228,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     _accelerator_arg(baselines)
     baselines.add_argument("--no-gbdt", action="store_true", help="skip the gradient-boosted trees yardstick")
     baselines.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    _ray_args(baselines, "run each single-task search on --jobs Ray workers and each seed as a Ray task there (host:port, or auto); needs an RDB or grpc:// storage")
+    baselines.add_argument("--jobs", type=COUNT, default=2, help="--ray: workers of each single-task search (default 2)")
     _tracking_args(baselines)
 
     confirm = sub.add_parser("confirm", help="retrain the front's configs on fresh seeds")
@@ -238,6 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     confirm.add_argument("--seeds", type=COUNT, default=5)
     confirm.add_argument("--data-dir", help="folder holding the census files")
     confirm.add_argument("--threads", type=COUNT, help="torch threads (default: all cores)")
+    _ray_args(confirm, "train every (trial, seed) as one Ray task on this cluster (host:port, or auto)")
     _accelerator_arg(confirm)
     _tracking_args(confirm)
 
@@ -657,6 +658,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_args(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--ray", metavar="ADDRESS", help=what)
+    parser.add_argument("--cpus-per-worker", type=COUNT, default=1, help="--ray: CPUs (and torch threads) per worker (default 1)")
+    parser.add_argument("--gpus-per-worker", type=GPU_SHARE, default=0.0, help="--ray: GPUs per worker, e.g. 1 or 0.5 (default 0)")
+
+
+def _placement(args: argparse.Namespace, search: bool):
+    """``--ray``'s placement for ``baselines`` (``search``: workers on the shared storage) and
+    ``confirm`` (seed tasks only); None without ``--ray``. Checked before any work starts."""
+    if args.ray is None:
+        return None
+    from ple_search.study.cluster import RayPlacement, check_storage, connect
+
+    if search:
+        check_storage(args.storage)
+    connect(args.ray)
+    from ple_search.cli import main as entry_module  # by its import name: Ray ships it by reference
+
+    return RayPlacement(args.ray, args.storage, getattr(args, "jobs", 1), args.cpus_per_worker, args.gpus_per_worker, entry_module.worker_main, _notice)
+
+
 def _study_and_data(args: argparse.Namespace):
     """The study named by ``--study`` and its dataset, as ``run`` stored them."""
     import torch
@@ -674,7 +696,9 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     from ple_search.cli.progress import LogReporter
     from ple_search.study.record import StudyRecord
 
+    placement = _placement(args, search=True)
     storage, study, dataset = _study_and_data(args)
+
     def reporter(single, trials):
         tracker = _tracker(args, single.study_name)
         if tracker is None:
@@ -685,6 +709,7 @@ def cmd_baselines(args: argparse.Namespace) -> int:
 
     results = run_baselines(
         study, storage, dataset, args.trials, seeds=args.seeds, reporter=reporter, tensorboard=args.tensorboard, accelerator=args.accelerator,
+        ray=placement, data_dir=args.data_dir,
     )  # fmt: skip
     for task, b in results.items():
         err.print(f"single-task {task}: test {b['test_mean']:.4f} +- {b['test_std']:.4f} over {b['seeds']} seeds (study {b['study']}, trial {b['trial']})")
@@ -701,12 +726,17 @@ def cmd_confirm(args: argparse.Namespace) -> int:
     from ple_search.evaluate.confirm import choose, run_confirm
     from ple_search.study.record import HPARAMS
 
+    placement = _placement(args, search=False)
     _, study, dataset = _study_and_data(args)
     trials = choose(study, args.top, args.trial)
-    err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds")
+    where = f" as {len(trials) * args.seeds} Ray tasks on {args.ray}" if placement else ""
+    err.print(f"confirming trials {[t.number for t in trials]} on {args.seeds} fresh seeds{where}")
     tracker = _tracker(args, args.study)
     on_runs = (lambda trial, runs: tracker.log_seeds("confirm", trial.user_attrs[HPARAMS], runs, {"trial": trial.number})) if tracker else None
-    result = run_confirm(study, dataset, trials, args.seeds, accelerator=args.accelerator, tensorboard=args.tensorboard, on_runs=on_runs)
+    result = run_confirm(
+        study, dataset, trials, args.seeds, accelerator=args.accelerator, tensorboard=args.tensorboard, on_runs=on_runs,
+        ray=placement, data_dir=args.data_dir,
+    )  # fmt: skip
     stay = [n for n, c in result["trials"].items() if c["on_front"]]
     err.print(f"non-dominated on the seed means: trials {stay}; `ple-search pareto --study {args.study} --confirmed` shows them")
     return 0

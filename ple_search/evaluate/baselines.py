@@ -10,6 +10,7 @@ evaluated on test. Mean and std per task are stored in the study's user attribut
 from __future__ import annotations
 
 import copy
+import dataclasses
 from typing import Any, Callable
 
 import optuna
@@ -19,6 +20,7 @@ from ple_search.model.hparams import WEIGHTING_KEYS
 from ple_search.train.metrics import summarize
 from ple_search.train.engine import TrialSettings, train_on_seeds
 from ple_search.study.record import HPARAMS, StudyRecord, write_baselines, write_gbdt
+from ple_search.study.cluster import RayPlacement, SeedJob, ray_search, ray_seed_runs
 from ple_search.study.search import open_study, run_search
 from ple_search.study.trial import Reporter
 from ple_search.study.space import SearchSpace, parse_space
@@ -63,8 +65,12 @@ def run_baselines(
     sampler_seed: int = 0,
     accelerator: str = "cpu",
     tensorboard: str | None = None,
+    ray: RayPlacement | None = None,
+    data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Search and retrain a single-task baseline per objective; store and return the results."""
+    """Search and retrain a single-task baseline per objective; store and return the results.
+    With ``ray``, each search runs on ``ray.jobs`` Ray workers and each seed is one Ray task
+    (``study.cluster``); ``data_dir`` is where the nodes find the census files."""
     record = StudyRecord.from_study(study)
     results = dict(record.baselines)
     for task in record.task_objectives():
@@ -75,10 +81,17 @@ def run_baselines(
         settings = TrialSettings.from_budget(
             list(single.schema.tasks), record.budget, seed=sampler_seed, accelerator=accelerator, tensorboard=tensorboard, experiment=name,
         )  # fmt: skip
-        with reporter(baseline, trials) as progress:
-            run_search(baseline, space, single, settings, target=trials, reporter=progress)
+        if ray is not None:
+            ray_search(ray, baseline, trials, tasks=[task], accelerator=accelerator, data_dir=data_dir)
+        else:
+            with reporter(baseline, trials) as progress:
+                run_search(baseline, space, single, settings, target=trials, reporter=progress)
         best = baseline.best_trial
-        runs = list(train_on_seeds(best.user_attrs[HPARAMS], single, settings, range(seeds)))
+        if ray is not None:
+            job = SeedJob(record.dataset, data_dir, (task,), (task,), dict(record.budget), best.user_attrs[HPARAMS], 0, accelerator, ray.cpus)
+            runs: list[Any] = ray_seed_runs(ray, [dataclasses.replace(job, seed=seed) for seed in range(seeds)])
+        else:
+            runs = list(train_on_seeds(best.user_attrs[HPARAMS], single, settings, range(seeds)))
         val_mean, val_std = summarize([r.val for r in runs])
         test_mean, test_std = summarize([r.test for r in runs])
         results[task] = {

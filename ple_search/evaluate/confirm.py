@@ -20,6 +20,7 @@ from ple_search.core.errors import ConfigError, StorageError
 from ple_search.train.metrics import summarize
 from ple_search.serve.gates import measure as measure_gates
 from ple_search.train.engine import SeedRun, TrialSettings, train_on_seeds
+from ple_search.study.cluster import RayPlacement, SeedJob, SeedSummary, ray_seed_runs
 from ple_search.study.pareto import hypervolume_contributions, nondominated_ranks
 from ple_search.study.record import COST, HPARAMS, StudyRecord, finished_trials, write_confirmed
 
@@ -49,14 +50,27 @@ def choose(study: optuna.Study, top: int | None = None, numbers: Sequence[int] =
 def run_confirm(
     study: optuna.Study, dataset: Dataset, trials: Sequence[FrozenTrial], seeds: int = 5, *, accelerator: str = "cpu",
     tensorboard: str | None = None, on_runs: Callable[[FrozenTrial, list[SeedRun]], None] | None = None,
+    ray: RayPlacement | None = None, data_dir: str | None = None,
 ) -> dict[str, Any]:
-    """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return."""
+    """Retrain ``trials`` on fresh seeds, recompute the front on validation means, store and return.
+    With ``ray``, every (trial, seed) is one Ray task (``study.cluster.ray_seed_runs``), all at once."""
     record = StudyRecord.from_study(study)
     tasks = dataset.schema.tasks_named(record.task_objectives())
     settings = TrialSettings.from_budget(tasks, record.budget, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study.study_name}-confirm")
     confirmed = dict(record.confirmed.get("trials", {}))
+    fresh = range(SEED_OFFSET, SEED_OFFSET + seeds)
+    placed: dict[int, list[Any]] = {}
+    if ray is not None:
+        jobs = [
+            SeedJob(record.dataset, data_dir, tuple(dataset.schema.task_names), tuple(record.task_objectives()), dict(record.budget),
+                    trial.user_attrs[HPARAMS], seed, accelerator, ray.cpus, gates=seed == fresh[0])
+            for trial in trials for seed in fresh
+        ]  # fmt: skip
+        summaries = ray_seed_runs(ray, jobs)
+        for i, trial in enumerate(trials):
+            placed[trial.number] = summaries[i * seeds : (i + 1) * seeds]
     for trial in trials:
-        runs = list(train_on_seeds(trial.user_attrs[HPARAMS], dataset, settings, range(SEED_OFFSET, SEED_OFFSET + seeds)))
+        runs = placed.get(trial.number) or list(train_on_seeds(trial.user_attrs[HPARAMS], dataset, settings, fresh))
         if on_runs is not None:
             on_runs(trial, runs)
         val_mean, val_std = summarize([r.val for r in runs])
@@ -64,7 +78,8 @@ def run_confirm(
         for key in set(record.objectives) - set(val_mean):  # a serving cost: the config's, measured once
             val_mean[key], val_std[key] = float(trial.user_attrs[COST][key]), 0.0
         confirmed[str(trial.number)] = {"seeds": seeds, "val_mean": val_mean, "val_std": val_std, "test_mean": test_mean, "test_std": test_std}
-        gates = measure_gates(runs[0].module, dataset.test)  # what the gates do, first fresh seed (`pareto --gates`)
+        # what the gates do, first fresh seed (`pareto --gates`)
+        gates = runs[0].gates if isinstance(runs[0], SeedSummary) else measure_gates(runs[0].module, dataset.test)
         if gates is not None:
             confirmed[str(trial.number)]["gates"] = {**gates, "seed": runs[0].seed}
     numbers = list(confirmed)

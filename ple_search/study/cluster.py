@@ -22,6 +22,7 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import optuna
@@ -251,3 +252,116 @@ def run_ray_workers(entry: Callable[[Any], int], requests: Sequence[Any], study:
         if workers.refs:
             workers.stop()
         workers.ray.shutdown()
+
+
+@dataclass(frozen=True)
+class RayPlacement:
+    """Where ``baselines`` and ``confirm`` place their work on a Ray cluster: ``jobs`` search
+    workers (the worker loop ``entry``, the CLI's) and one Ray task per seed retraining, each with
+    ``cpus`` CPUs (its torch threads) and ``gpus`` GPUs."""
+
+    address: str
+    storage_url: str
+    jobs: int = 2
+    cpus: int = 1
+    gpus: float = 0.0
+    entry: Callable[[Any], int] | None = None
+    on_line: Line = print
+
+
+def ray_search(placement: RayPlacement, study: optuna.Study, trials: int, *, tasks: Sequence[str], accelerator: str, data_dir: str | None) -> None:
+    """Run the stored space of ``study`` (created by the caller) to ``trials`` finished trials on
+    ``placement.jobs`` Ray workers training ``tasks`` of its data; ``KeyboardInterrupt`` on Ctrl-C."""
+    from ple_search.study.run import RunRequest
+
+    base = RunRequest(study.study_name, trials, placement.storage_url, data_dir=data_dir, accelerator=accelerator, tasks=tuple(tasks))
+    requests = [base.for_worker(i, placement.cpus) for i in range(placement.jobs)]
+    assert placement.entry is not None, "a Ray search needs the worker loop"
+    errors, interrupted = run_ray_workers(
+        placement.entry, requests, study, address=placement.address, storage_url=placement.storage_url, target=trials,
+        cpus=placement.cpus, gpus=placement.gpus, tick=lambda: None, on_line=placement.on_line,
+    )  # fmt: skip
+    if interrupted:
+        raise KeyboardInterrupt
+    if errors:
+        raise StorageError(f"{errors} of {placement.jobs} Ray workers of study '{study.study_name}' failed; see their last lines above")
+
+
+@dataclass(frozen=True)
+class SeedJob:
+    """One retraining of a config on one seed, as a Ray task runs it: the study's dataset
+    (re-described, then ``tasks`` of it), its budget and objectives, the config and the seed."""
+
+    dataset: dict
+    data_dir: str | None
+    tasks: tuple[str, ...]
+    objectives: tuple[str, ...]
+    budget: dict
+    hparams: dict
+    seed: int
+    accelerator: str = "cpu"
+    threads: int = 1
+    gates: bool = False  # also measure what the gates do (``serve.gates``) on the test split
+
+
+@dataclass
+class SeedSummary:
+    """What a seed's Ray task sends back (the module stays on its node): the names a
+    ``train.engine.SeedRun`` has for them."""
+
+    seed: int
+    val: dict[str, float]
+    test: dict[str, float]
+    seconds: float
+    curve: list[dict[str, float]]
+    gates: dict | None = None
+
+
+def _seed_entry(job: SeedJob) -> SeedSummary:
+    """One seed inside its Ray task: load the data on this node, train, evaluate."""
+    import torch
+
+    from ple_search.data import load_described
+    from ple_search.serve.gates import measure
+    from ple_search.train.engine import TrialSettings, evaluate, train_config
+
+    torch.set_num_threads(job.threads)
+    dataset = load_described(job.dataset, job.data_dir)
+    if list(job.tasks) != dataset.schema.task_names:
+        dataset = dataset.select_tasks(list(job.tasks))
+    settings = TrialSettings.from_budget(dataset.schema.tasks_named(list(job.objectives)), job.budget, accelerator=job.accelerator)
+    module, recorder, seconds = train_config(job.hparams, dataset, settings, job.seed, run_name=f"seed-{job.seed}")
+    gates = measure(module, dataset.test) if job.gates else None
+    return SeedSummary(job.seed, recorder.curve[recorder.best_epoch], evaluate(module, dataset.test), seconds, recorder.curve, gates)
+
+
+def ray_seed_runs(placement: RayPlacement, jobs: Sequence[SeedJob]) -> list[SeedSummary]:
+    """Every job as one Ray task (all at once: Ray queues what the cluster cannot hold yet),
+    their summaries in the jobs' order. A task whose worker or node dies is run again once by Ray
+    (a seed's result depends on nothing but its job); a seed that fails is a ``TrialFailed`` with
+    its last line; Ctrl-C cancels every task (``KeyboardInterrupt``)."""
+    from ple_search.core.errors import TrialFailed
+
+    ray = connect(placement.address)
+    remote = ray.remote(num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=1)(_seed_entry)
+    refs = [remote.remote(job) for job in jobs]
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        pending = list(refs)
+        while pending:
+            if stop.is_set():
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+                raise KeyboardInterrupt
+            _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
+        results = []
+        for job, ref in zip(jobs, refs):
+            try:
+                results.append(ray.get(ref))
+            except ray.exceptions.RayTaskError as exc:
+                raise TrialFailed(f"seed {job.seed} failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
+        return results
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

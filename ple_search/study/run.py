@@ -52,6 +52,7 @@ class RunRequest:
     cpus_per_worker: int = 1  # --ray: CPUs (and torch threads) each worker asks Ray for
     gpus_per_worker: float = 0.0  # --ray: GPUs each worker asks Ray for (Ray makes them its only visible ones)
     worker: int | None = None  # the index of a --jobs worker; None in the process the user started
+    tasks: tuple[str, ...] | None = None  # train on these tasks of the data only (a single-task baseline study's workers)
     auto_jobs: bool = False  # neither --jobs nor --threads given: workers where they finish more trials per hour
 
     def for_worker(self, index: int, threads: int) -> "RunRequest":
@@ -90,6 +91,8 @@ def open_run(request: RunRequest, notify: Notify) -> OpenRun:
             for note in space.notes:
                 notify(note)
         dataset = load_space_dataset(space, request.data_dir)
+        if request.tasks:
+            dataset = dataset.select_tasks(list(request.tasks))
         preflight(request, space, dataset)
         seed = request.seed if request.seed is not None else int(space.sampler.get("seed") or 0)
         study = open_study(

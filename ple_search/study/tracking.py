@@ -135,12 +135,12 @@ class MLflowTracker:
                             curve=attrs.get(VAL_CURVE) or [], metrics=metrics, tags=tags, status=status)  # fmt: skip
 
     def log_seeds(self, role: str, hparams: Mapping[str, Any], runs: Sequence[Any], extra_tags: Mapping[str, Any] | None = None) -> list[str]:
-        """The seed runs of ``train`` or ``confirm`` (``train.engine.SeedRun``s)."""
+        """The seed runs of ``train`` or ``confirm`` (``train.engine.SeedRun``s, or ``study.cluster.SeedSummary``s from Ray)."""
         ids = []
         for run in runs:
             metrics = {**{f"val_best/{k}": v for k, v in run.val.items()}, **{f"test/{k}": v for k, v in run.test.items()}}
             tags = {"seed": run.seed, "state": "COMPLETE", **(extra_tags or {})}
-            ids.append(self.log_run(role, f"{role} seed {run.seed}", params=hparams, curve=run.recorder.curve, metrics=metrics, tags=tags))
+            ids.append(self.log_run(role, f"{role} seed {run.seed}", params=hparams, curve=run.curve, metrics=metrics, tags=tags))
         return ids
 
 

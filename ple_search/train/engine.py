@@ -204,6 +204,11 @@ class SeedRun:
     val: dict[str, float]
     test: dict[str, float]
 
+    @property
+    def curve(self) -> list[dict[str, float]]:
+        """Validation metrics per epoch."""
+        return self.recorder.curve
+
 
 def train_on_seeds(
     hparams: dict[str, Any],
