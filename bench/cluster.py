@@ -5,7 +5,7 @@
 2. the gRPC storage proxy against the storage it fronts (SQLite here; PostgreSQL with
    ``--postgres URL``): the same trials through ``--jobs 1``, seconds per finished trial.
 
-    python bench/cluster.py [--trials 16] [--rows 4000] [--postgres postgresql://...]
+    python bench/cluster.py [--trials 16] [--rows 4000] [--postgres postgresql://...] [--storage-only]
 """
 
 from __future__ import annotations
@@ -75,43 +75,57 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--rows", type=int, default=4000, help="synthetic rows: how long a trial takes")
     parser.add_argument("--postgres", default=os.environ.get("PLE_SEARCH_TEST_POSTGRES"))
+    parser.add_argument("--storage-only", action="store_true", help="only the proxy against the storages it fronts")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="ple-cluster-"))
     space = folder / "space.yaml"
     space.write_text(yaml.safe_dump({**SPACE, "dataset": {"name": "synthetic", "options": {"n": args.rows, "d": 8}}}))
-    print(f"`python bench/cluster.py --trials {args.trials} --rows {args.rows}`: {args.trials} trials of a synthetic space "
+    flags = " --postgres URL" * bool(args.postgres) + " --storage-only" * args.storage_only
+    print(f"`python bench/cluster.py --trials {args.trials} --rows {args.rows}{flags}`: {args.trials} trials of a synthetic space "
           f"({args.rows:,} rows, 3 epochs), on {os.cpu_count()} cores\n")  # fmt: skip
 
-    sqlite = f"sqlite:///{folder / 'jobs.db'}"
     run(space, f"sqlite:///{folder / 'warm.db'}", 2, "--jobs", "1")  # the data cache and the page cache warm for every arm
-    local = run(space, sqlite, args.trials, "--jobs", "2")
+    if not args.storage_only:
+        engines(space, folder, args.trials)
+    storages(space, folder, args.trials, args.postgres)
+
+
+def engines(space: Path, folder: Path, trials: int) -> None:
+    """``--ray`` on a one-node local cluster against ``--jobs 2``."""
+    sqlite = f"sqlite:///{folder / 'jobs.db'}"
+    local = run(space, sqlite, trials, "--jobs", "2")
     port = free_port()
     head = started(["ray", "start", "--head", "--block", "--port", str(port), "--num-cpus", "2", "--node-ip-address", "127.0.0.1",
                     "--include-dashboard=false", "--disable-usage-stats"], port, wait=3)  # fmt: skip
     try:
-        on_ray = run(space, f"sqlite:///{folder / 'ray.db'}", args.trials, "--jobs", "2", "--ray", f"127.0.0.1:{port}")
+        on_ray = run(space, f"sqlite:///{folder / 'ray.db'}", trials, "--jobs", "2", "--ray", f"127.0.0.1:{port}")
     finally:
         stop(head)
     print("| engine | wall s | trials/hour | ratio to --jobs 2 |")
     print("|---|---|---|---|")
     for name, seconds in (("--jobs 2 (reference)", local), ("--ray, 2 workers on one local node", on_ray)):
-        print(f"| {name} | {seconds:.1f} | {args.trials * 3600 / seconds:.0f} | {local / seconds:.2f}x |")
+        print(f"| {name} | {seconds:.1f} | {trials * 3600 / seconds:.0f} | {local / seconds:.2f}x |")
+    print()
 
-    print("\n| storage | wall s | s per trial | overhead per trial |")
+
+def storages(space: Path, folder: Path, trials: int, postgres: str | None) -> None:
+    """The gRPC proxy against the storage it fronts, SQLite and (with a URL) PostgreSQL, one
+    worker so the storage's round trips are the difference."""
+    print("| storage | wall s | s per trial | overhead per trial |")
     print("|---|---|---|---|")
     backends = [("SQLite", f"sqlite:///{folder / 'direct.db'}", f"sqlite:///{folder / 'behind.db'}")]
-    if args.postgres:
-        backends.append(("PostgreSQL", args.postgres, args.postgres))
+    if postgres:
+        backends.append(("PostgreSQL", postgres, postgres))
     for name, direct_url, behind_url in backends:
-        direct = run(space, direct_url, args.trials, "--jobs", "1", "--threads", "1")
+        direct = run(space, direct_url, trials, "--jobs", "1", "--threads", "1")
         port = free_port()
         proxy = started([sys.executable, "-m", "ple_search.cli.main", "storage-proxy", "--storage", behind_url, "--port", str(port)], port)
         try:
-            through = run(space, f"grpc://127.0.0.1:{port}", args.trials, "--jobs", "1", "--threads", "1")
+            through = run(space, f"grpc://127.0.0.1:{port}", trials, "--jobs", "1", "--threads", "1")
         finally:
             stop(proxy)
-        print(f"| {name} direct (reference) | {direct:.1f} | {direct / args.trials:.2f} | |")
-        print(f"| {name} through the gRPC proxy | {through:.1f} | {through / args.trials:.2f} | {(through - direct) / args.trials:+.2f} s ({direct / through:.2f}x) |")
+        print(f"| {name} direct (reference) | {direct:.1f} | {direct / trials:.2f} | |")
+        print(f"| {name} through the gRPC proxy | {through:.1f} | {through / trials:.2f} | {(through - direct) / trials:+.2f} s ({direct / through:.2f}x) |")
 
 
 if __name__ == "__main__":

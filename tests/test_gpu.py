@@ -54,3 +54,15 @@ def test_jobs_workers_train_on_the_listed_gpu(tmp_path, monkeypatch):
     trials = optuna.load_study(study_name="g", storage=open_storage(storage)).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert {t.user_attrs["device"] for t in trials} == {"0"}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs: a two-process GPU trial takes one per rank")
+def test_a_two_process_gpu_trial_trains_with_nccl_one_gpu_per_rank():
+    dataset = make_dataset(n=2001)
+    one = TrialSettings(list(dataset.schema.tasks), max_epochs=2, patience=2, accelerator="gpu")
+    two = TrialSettings(list(dataset.schema.tasks), max_epochs=2, patience=2, accelerator="gpu", processes=2)
+    _, single, _ = train_config({"lr": 0.01, "batch_size": 128}, dataset, one, seed=0)
+    module, double, _ = train_config({"lr": 0.01, "batch_size": 128}, dataset, two, seed=0)
+    assert next(module.parameters()).device == torch.device("cuda", 0)
+    for a, b in zip(single.curve, double.curve):
+        assert a == pytest.approx(b, abs=5e-3)

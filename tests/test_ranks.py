@@ -82,6 +82,8 @@ def test_an_exported_config_keeps_trial_processes_and_refuses_a_bad_one(tmp_path
     assert main(["export", "--study", "p", "--storage", storage, "--trial", "0", "--out", str(tmp_path / "best.yaml")]) == 0
     config = yaml.safe_load((tmp_path / "best.yaml").read_text())
     assert config["training"]["trial_processes"] == 2
+    assert main(["train", "--config", str(tmp_path / "best.yaml"), "--seeds", "1", "--out", str(tmp_path / "model")]) == 0  # on two processes
+    assert (tmp_path / "model" / "metrics.json").exists()
     config["training"]["trial_processes"] = "two"
     (tmp_path / "bad.yaml").write_text(yaml.safe_dump(config))
     with pytest.raises(ConfigError, match=r"training.trial_processes = 'two' must be an integer >= 1"):

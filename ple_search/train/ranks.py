@@ -60,7 +60,7 @@ def strategy(accelerator: str) -> Any:
     gpu = accelerator in ("gpu", "auto") and torch.cuda.is_available()
     return DDPStrategy(
         cluster_environment=LightningEnvironment(), process_group_backend="nccl" if gpu else "gloo",
-        static_graph=True, timeout=COLLECTIVE_TIMEOUT,  # static: a config's parameters that get no gradient never do
+        static_graph=True, gradient_as_bucket_view=True, timeout=COLLECTIVE_TIMEOUT,  # static: a config's parameters that get no gradient never do
     )  # fmt: skip
 
 
