@@ -228,3 +228,14 @@ def test_baselines_on_ray_refuse_the_journal_file_in_one_line(tmp_path, capsys):
     assert main(["baselines", "--study", "j", "--storage", str(tmp_path / "s.journal"), "--ray", "127.0.0.1:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--ray needs a storage every node reaches" in err[0]
+
+
+def test_ray_workers_train_two_process_trials(tmp_path, cluster):
+    address, _ = cluster
+    raw = {**SPACE, "budget": {**SPACE["budget"], "trial_processes": 2}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(raw))
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    done = _cli("run", "--study", "r7", "--space", str(tmp_path / "space.yaml"), "--trials", "3", "--storage", storage, "--ray", address, "--jobs", "2", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "2 processes x 1 torch threads" in done.stderr
+    exactly(storage, "r7", 3)
