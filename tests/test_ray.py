@@ -239,3 +239,31 @@ def test_ray_workers_train_two_process_trials(tmp_path, cluster):
     assert done.returncode == 0, done.stderr
     assert "2 processes x 1 torch threads" in done.stderr
     exactly(storage, "r7", 3)
+
+
+def test_each_ray_worker_sees_only_the_gpus_ray_gave_it(tmp_path):
+    """Ray's GPU placement on a node that declares two (no CUDA here: the trials train on CPU, and
+    each worker's CUDA_VISIBLE_DEVICES, stored with its trials, is what Ray assigned it)."""
+    port = free_port()
+    head = subprocess.Popen(
+        ["ray", "start", "--block", "--head", "--port", str(port), "--num-cpus", "2", "--num-gpus", "2", "--node-ip-address", "127.0.0.1",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )  # fmt: skip
+    try:
+        address = f"127.0.0.1:{port}"
+        wait_for_nodes(address, 1)
+        storage = f"sqlite:///{tmp_path / 'study.db'}"
+        done = _cli("run", "--study", "g", "--space", str(write_space(tmp_path, long=True)), "--trials", "4", "--storage", storage,
+                    "--ray", address, "--jobs", "2", "--gpus-per-worker", "1", "--max-epochs", "3", "--quiet")  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert "1 GPUs each" in done.stderr
+        study = exactly(storage, "g", 4)
+        by_worker = {}
+        for trial in study.get_trials():
+            by_worker.setdefault(trial.user_attrs["worker"], set()).add(trial.user_attrs["device"])
+        assert all(len(devices) == 1 for devices in by_worker.values())  # one GPU per worker, never another
+        if len(by_worker) == 2:  # both workers ran trials: each on its own GPU
+            assert set.union(*by_worker.values()) == {"0", "1"}
+    finally:
+        stop_node(head)
