@@ -218,3 +218,12 @@ def test_predict_writes_the_joint_and_the_conditional_probability_of_a_dependent
     assert list(scores.columns[-3:]) == ["click", "buy", "buy@click"]
     np.testing.assert_allclose(scores["buy"], scores["click"] * scores["buy@click"], rtol=1e-4, atol=1e-6)
     assert "buy@click" in str(metrics)
+
+
+def test_every_task_relation_is_a_registered_class_and_only_aitm_transfers():
+    from ple_search.model.hparams import TASK_RELATIONS
+    from ple_search.model.relations import RELATIONS, TaskRelation
+
+    assert tuple(RELATIONS) == TASK_RELATIONS
+    assert all(issubclass(cls, TaskRelation) and cls.name == name for name, cls in RELATIONS.items())
+    assert [name for name, cls in RELATIONS.items() if cls.transfer] == ["aitm"]

@@ -23,8 +23,8 @@ ACTIVATIONS = ("relu", "gelu", "silu", "tanh", "elu", "leaky_relu")
 EXPERT_TYPES = ("mlp", "cross")
 GATE_TYPES = ("softmax", "dselect_k")
 EMBEDDING_SHARING = ("shared", "task_specific", "shared_and_specific")
-TASK_RELATIONS = ("independent", "esmm", "aitm")
-LIST_POOLINGS = ("mean", "sum")  # model.head.RELATIONS; a test keeps both equal
+TASK_RELATIONS = ("independent", "esmm", "aitm")  # model.relations.RELATIONS names these classes (asserted there)
+LIST_POOLINGS = ("mean", "sum")
 OPTIMIZERS = ("adam", "adamw")
 PRECISIONS = ("32", "bf16-mixed", "16-mixed")
 NUMERIC_ENCODINGS = ("standard", "quantile", "piecewise", "periodic")
@@ -72,7 +72,7 @@ class PLEConfig:
     periodic_frequencies: int = 16  # periodic: k learned frequencies per feature
     periodic_sigma: float = 1.0  # periodic: std of the frequencies' initialisation
     # Dependent tasks (``depends_on`` in the data): how a conversion's output relates to its click's
-    # (model.head): independent (trained on the clicks only) | esmm (entire space) | aitm (transfer
+    # (model.relations): independent (trained on the clicks only) | esmm (entire space) | aitm (transfer
     # along the cascade, plus the calibrator with this weight).
     task_relation: str = "esmm"
     calibration_weight: float = 0.6  # aitm: weight of max(p_child - p_parent, 0) in the child's loss (the paper's alpha)

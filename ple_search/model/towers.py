@@ -19,12 +19,13 @@ from torch import Tensor, nn
 
 from ple_search.model.hparams import PLEConfig
 from ple_search.model.layers import DenseLinear, GroupedLinear, GroupedMLP
+from ple_search.model.relations import RELATIONS
 
 
 def make_towers(num_tasks: int, in_dim: int, config: PLEConfig, cascade: Sequence[tuple[int, int]] = ()) -> nn.Module:
     """The towers of a network: plain grouped MLPs, or ``TransferTowers`` for AITM with a cascade
     of ``(child, parent)`` task indices."""
-    if config.task_relation == "aitm" and cascade:
+    if RELATIONS[config.task_relation].transfer and cascade:
         return TransferTowers(num_tasks, in_dim, config, cascade)
     return GroupedMLP(num_tasks, [in_dim, *config.tower_hidden, 1], config.activation, float(config.dropout), False)
 
