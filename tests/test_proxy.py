@@ -82,7 +82,7 @@ def test_a_study_runs_through_the_proxy_in_front_of_sqlite_and_survives_it_being
 
 
 @pytest.mark.slow
-def test_a_study_runs_through_the_proxy_in_front_of_postgresql(tmp_path):
+def test_a_study_runs_through_the_proxy_in_front_of_postgresql_and_survives_it_being_killed(tmp_path):
     url = postgres_url()
     study = f"px-{os.getpid()}-{int(time.time())}"
     port = free_port()
@@ -93,7 +93,7 @@ def test_a_study_runs_through_the_proxy_in_front_of_postgresql(tmp_path):
         line = stop(proxy, signal.SIGINT)
     password = url.split(":")[2].split("@")[0]
     assert password not in line and "serving postgresql://ple:***@" in line
-    run_through_proxy(tmp_path, url, study)
+    run_through_proxy(tmp_path, url, study, kill_after=2)
 
 
 def test_no_proxy_at_the_address_is_one_line_naming_the_command_that_starts_one(capsys):
