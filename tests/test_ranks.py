@@ -90,6 +90,16 @@ def test_an_exported_config_keeps_trial_processes_and_refuses_a_bad_one(tmp_path
         load_config(tmp_path / "bad.yaml")
 
 
+def test_more_processes_than_cores_is_one_line_before_any_study_exists(tmp_path, capsys):
+    space = tiny_space(budget={"max_epochs": 1, "patience": 1, "trial_processes": (os.cpu_count() or 1) + 1})
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    storage = tmp_path / "s.journal"
+    assert main(["run", "--study", "p", "--space", str(tmp_path / "space.yaml"), "--trials", "1", "--storage", str(storage)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "budget.trial_processes" in err[0] and "cores" in err[0], err
+    assert not storage.exists()
+
+
 def _ranks_of(pid: int) -> list[int]:
     """This machine's rank processes (``python -m ple_search.train.rank_process``) whose parent is ``pid``."""
     found = []

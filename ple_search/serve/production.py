@@ -88,6 +88,8 @@ def train(
     training = {**config["training"], **({"max_epochs": max_epochs} if max_epochs else {})}
     study = (config.get("provenance") or {}).get("study", "model")
     settings = TrialSettings.from_budget(tasks, training, accelerator=accelerator, tensorboard=tensorboard, experiment=f"{study}-train")
+    if settings.processes > (os.cpu_count() or 1):
+        raise ConfigError(f"the config's training.trial_processes = {settings.processes}: this machine has {os.cpu_count()} cores; at most that many")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.partial-"))
     follow_umask(work)

@@ -132,11 +132,14 @@ def preflight(request: RunRequest, space: "SearchSpace", dataset: "Dataset") -> 
             what = "--accelerator gpu" if request.accelerator == "gpu" else f"{space.path}: key 'precision' = 16-mixed"
             raise ConfigError(f"{what}: no CUDA GPU is visible on this machine; use --accelerator cpu (or auto), or precision 32 or bf16-mixed")
     processes = trial_processes(space)
+    where = f"{space.path}: key 'budget.trial_processes' = {processes}"
+    cores = os.cpu_count() or 1
+    if processes > cores and request.ray is None:  # each process trains on a core of its own at least
+        raise ConfigError(f"{where}: this machine has {cores} cores; a trial's processes run on one machine, so at most {cores}")
     if processes > 1 and request.accelerator in ("gpu", "auto"):
         import torch
 
         if torch.cuda.is_available():
-            where = f"{space.path}: key 'budget.trial_processes' = {processes}"
             visible = int(request.gpus_per_worker) if request.ray is not None else torch.cuda.device_count()
             if visible < processes:
                 flag = "--gpus-per-worker" if request.ray is not None else "visible GPUs"
