@@ -187,3 +187,16 @@ def test_a_killed_rank_0_takes_its_ranks_with_it(tmp_path):
     proc.wait(timeout=30)
     proc.stderr.close()
     assert _gone(rank)
+
+
+def test_a_dataset_without_a_cache_entry_is_written_once_and_a_new_one_gets_its_own():
+    from ple_search.train.ranks import shared_entry
+
+    first = make_dataset(200, seed=1)
+    path = shared_entry(first)
+    assert shared_entry(first) == path  # once per dataset
+    other = first.select_tasks(["t1"])  # its own labels: never the first one's entry
+    assert shared_entry(other) != path
+    del first
+    again = make_dataset(200, seed=2)  # may reuse the freed id: still a fresh entry
+    assert shared_entry(again) != path

@@ -51,6 +51,8 @@ def main(spec_path: str, rank: int) -> int:
             processes=given["processes"],
         )  # fmt: skip
         print(READY, flush=True)
+        devnull = os.open(os.devnull, os.O_WRONLY)  # rank 0 reads no further: a full pipe would block this rank
+        os.dup2(devnull, 1)
         train_config(spec["hparams"], dataset, settings, int(spec["seed"]), rank=rank)
     except BaseException as exc:  # noqa: BLE001 - rank 0 reports it as the trial's reason
         print(f"{type(exc).__name__}: {exc}" if not isinstance(exc, TrialFailed) else str(exc), file=sys.stderr, flush=True)

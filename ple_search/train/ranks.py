@@ -35,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Mapping
@@ -64,7 +65,7 @@ def strategy(accelerator: str) -> Any:
     )  # fmt: skip
 
 
-_ENTRIES: dict[int, Path] = {}
+_ENTRIES: dict[int, tuple[weakref.ref, Path]] = {}  # by id, with a weak reference: an id is reused once its dataset is gone
 
 
 def shared_entry(dataset: Dataset) -> Path:
@@ -77,12 +78,14 @@ def shared_entry(dataset: Dataset) -> Path:
                 return Path(own)
         except (OSError, ValueError, KeyError):
             pass
-    if id(dataset) not in _ENTRIES:
-        folder = Path(tempfile.mkdtemp(prefix="ple-search-ranks-"))
-        atexit.register(shutil.rmtree, folder, True)
-        cache.save(folder / "data", dataset)
-        _ENTRIES[id(dataset)] = folder / "data"
-    return _ENTRIES[id(dataset)]
+    known = _ENTRIES.get(id(dataset))
+    if known is not None and known[0]() is dataset:
+        return known[1]
+    folder = Path(tempfile.mkdtemp(prefix="ple-search-ranks-"))
+    atexit.register(shutil.rmtree, folder, True)
+    cache.save(folder / "data", dataset)
+    _ENTRIES[id(dataset)] = (weakref.ref(dataset), folder / "data")
+    return folder / "data"
 
 
 def _free_port() -> int:
