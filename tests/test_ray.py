@@ -267,3 +267,37 @@ def test_each_ray_worker_sees_only_the_gpus_ray_gave_it(tmp_path):
             assert set.union(*by_worker.values()) == {"0", "1"}
     finally:
         stop_node(head)
+
+
+def _seed_task_pid(deadline_s: float = 120) -> int:
+    """The pid of a Ray worker process running a seed task now (Ray titles it ``ray::_seed_entry``)."""
+    from pathlib import Path
+
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_seed_entry"):
+                    return int(entry.name)
+            except OSError:
+                continue
+        time.sleep(0.2)
+    pytest.fail("no seed task started")
+
+
+def test_a_confirm_seed_whose_ray_worker_is_killed_runs_again_and_gives_the_same_numbers(tmp_path, cluster):
+    address, _ = cluster
+    storage, proc = ray_run(tmp_path, address, "r8", 1, long=True)
+    assert proc.wait(timeout=300) == 0
+    argv = [sys.executable, "-m", "ple_search.cli.main", "confirm", "--study", "r8", "--storage", storage, "--seeds", "2", "--ray", address]
+    confirm = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    pid = _seed_task_pid()
+    time.sleep(2)  # in the middle of its epochs
+    os.kill(pid, signal.SIGKILL)
+    output = confirm.communicate(timeout=400)[0]
+    assert confirm.returncode == 0, output
+    there = optuna.load_study(study_name="r8", storage=open_storage(storage)).user_attrs["confirmed"]["trials"]["0"]
+    done = _cli("confirm", "--study", "r8", "--storage", storage, "--seeds", "2", "--threads", "1")
+    assert done.returncode == 0, done.stderr
+    here = optuna.load_study(study_name="r8", storage=open_storage(storage)).user_attrs["confirmed"]["trials"]["0"]
+    assert here["val_mean"] == pytest.approx(there["val_mean"], abs=1e-6)
