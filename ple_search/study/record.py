@@ -107,7 +107,8 @@ class StudyRecord:
 
     @classmethod
     def from_study(cls, study: optuna.Study) -> "StudyRecord":
-        meta = study.user_attrs.get(META_KEY)
+        attrs = study.user_attrs  # one storage call (one round trip through a proxy), not one per key
+        meta = attrs.get(META_KEY)
         if meta is None:
             raise StorageError(f"study '{study.study_name}' was not created by ple-search run")
         return cls(
@@ -116,8 +117,8 @@ class StudyRecord:
             schema=dict(meta.get("schema") or {"tasks": []}),
             budget=dict(meta.get("budget") or {}), dataset=dict(meta.get("dataset") or {}), split=meta.get("split"),
             space=dict(meta.get("space") or {}), space_file=meta.get("space_file"),
-            baselines=dict(study.user_attrs.get(BASELINES_KEY) or {}),
-            confirmed=dict(study.user_attrs.get(CONFIRMED_KEY) or {}), gbdt=dict(study.user_attrs.get(GBDT_KEY) or {}),
+            baselines=dict(attrs.get(BASELINES_KEY) or {}),
+            confirmed=dict(attrs.get(CONFIRMED_KEY) or {}), gbdt=dict(attrs.get(GBDT_KEY) or {}),
             meta=dict(meta),
         )  # fmt: skip
 
