@@ -132,3 +132,22 @@ def run_export_train(folder, space: dict, study: str):
     assert main(["export", "--study", study, "--storage", storage, "--trial", "0", "--out", str(folder / "best.yaml")]) == 0
     assert main(["train", "--config", str(folder / "best.yaml"), "--seeds", "1", "--out", str(folder / "model")]) == 0
     return json.loads((folder / "model" / "metrics.json").read_text())
+
+
+def processes(marker: bytes, parent: int | None = None) -> list[int]:
+    """Pids of this machine's processes whose command line contains ``marker`` (and whose parent
+    is ``parent``, when given), read from /proc."""
+    from pathlib import Path
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        if marker in cmdline and (parent is None or ppid == parent):
+            found.append(int(entry.name))
+    return found

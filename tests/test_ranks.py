@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from helpers import make_dataset, tiny_space, user_table
+from helpers import make_dataset, processes, tiny_space, user_table
 from ple_search.cli.main import main
 from ple_search.core.errors import ConfigError
 from ple_search.data.batches import TensorBatches
@@ -52,8 +52,8 @@ def test_in_order_blocks_in_rank_order_are_the_split_then_padding():
 def test_a_two_process_trial_trains_the_model_one_process_trains():
     data = make_dataset(1201, seed=1)  # 720 train rows, 241 validation rows (an odd split: padded blocks)
     results = []
-    for processes in (1, 2):
-        settings = TrialSettings(list(data.schema.tasks), 2, 2, processes=processes)
+    for world in (1, 2):
+        settings = TrialSettings(list(data.schema.tasks), 2, 2, processes=world)
         module, recorder, _ = train_config({"batch_size": 64, "lr": 0.01}, data, settings, 0)
         results.append((recorder.curve, evaluate(module, data.test), evaluate(module, data.val), recorder.best_epoch))
     (one_curve, one_test, _, _), (two_curve, two_test, two_val, best) = results
@@ -100,22 +100,6 @@ def test_more_processes_than_cores_is_one_line_before_any_study_exists(tmp_path,
     assert not storage.exists()
 
 
-def _ranks_of(pid: int) -> list[int]:
-    """This machine's rank processes (``python -m ple_search.train.rank_process``) whose parent is ``pid``."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if ppid == pid and b"ple_search.train.rank_process" in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
 def _gone(pid: int, seconds: float = 20.0) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -142,7 +126,7 @@ def _long_run(tmp_path, trials: int = 2):
                "--trials", str(trials), "--storage", storage, "--quiet"]  # fmt: skip
     proc = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, start_new_session=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
-    while not (ranks := _ranks_of(proc.pid)):
+    while not (ranks := processes(b"ple_search.train.rank_process", parent=proc.pid)):
         assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no rank started"
         time.sleep(0.1)
     time.sleep(5)  # in the middle of its epochs

@@ -11,7 +11,7 @@ import optuna
 import pytest
 import yaml
 
-from helpers import WORKER_SPACE, free_port
+from helpers import WORKER_SPACE, free_port, processes
 from ple_search.cli.main import main
 from ple_search.study.cluster import NODE_KEY, SLOT_KEY
 from ple_search.study.storage import open_storage
@@ -271,18 +271,11 @@ def test_each_ray_worker_sees_only_the_gpus_ray_gave_it(tmp_path):
 
 def _seed_task_pid(deadline_s: float = 120) -> int:
     """The pid of a Ray worker process running a seed task now (Ray titles it ``ray::_seed_entry``)."""
-    from pathlib import Path
-
     deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(b"ray::_seed_entry"):
-                    return int(entry.name)
-            except OSError:
-                continue
+    while not (found := processes(b"ray::_seed_entry")):
+        assert time.monotonic() < deadline, "no seed task started"
         time.sleep(0.2)
-    pytest.fail("no seed task started")
+    return found[0]
 
 
 def test_a_confirm_seed_whose_ray_worker_is_killed_runs_again_and_gives_the_same_numbers(tmp_path, cluster):
