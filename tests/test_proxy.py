@@ -126,3 +126,42 @@ def test_a_port_in_use_is_one_line(tmp_path, capsys):
         assert main(["storage-proxy", "--storage", f"sqlite:///{tmp_path / 's.db'}", "--port", str(port)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and f"--port {port}: cannot listen there" in err[0]
+
+
+@pytest.mark.slow
+def test_a_hung_worker_behind_the_proxy_has_its_trial_failed_by_heartbeat_and_retried(tmp_path):
+    """A worker that stops (SIGSTOP: alive, so no process check can tell) stops sending heartbeats
+    through the proxy; a second worker fails its trial after the grace period, retries it once and
+    reaches the target."""
+    backend = f"sqlite:///{tmp_path / 'study.db'}"
+    space = tmp_path / "space.yaml"
+    space.write_text(yaml.safe_dump({**SPACE, "budget": {"max_epochs": 12, "patience": 12}, "dataset": {"name": "synthetic", "options": {"n": 6000, "d": 6}}}))
+    port = free_port()
+    proxy = start_proxy(backend, port)
+    command = [sys.executable, "-m", "ple_search.cli.main", "run", "--study", "hb", "--space", str(space), "--trials", "3",
+               "--storage", f"grpc://127.0.0.1:{port}", "--quiet", "--threads", "1", "--heartbeat-interval", "1", "--grace-period", "4"]  # fmt: skip
+    hung = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        direct = open_storage(backend)
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                running = [t for t in optuna.load_study(study_name="hb", storage=direct).get_trials() if t.state.name == "RUNNING"]
+            except KeyError:
+                running = []
+            if running:
+                break
+            assert time.monotonic() < deadline, "no trial started"
+            time.sleep(0.2)
+        hung.send_signal(signal.SIGSTOP)
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert second.returncode == 0, second.stderr
+    finally:
+        hung.kill()
+        hung.wait()
+        stop(proxy)
+    trials = optuna.load_study(study_name="hb", storage=open_storage(backend)).get_trials()
+    stale = next(t for t in trials if t.number == running[0].number)
+    assert stale.state.name == "FAIL"
+    assert any(t.system_attrs.get("failed_trial") == stale.number or t.user_attrs.get("retry_of") == stale.number for t in trials)
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 3

@@ -9,6 +9,10 @@
   ``RDBStorage`` with heartbeats (a killed worker's trial is failed after the grace period and
   retried once) whose every call is retried with backoff while the database is unreachable, for up
   to ``retry_seconds``, so a restarted server loses no trial.
+* ``grpc://HOST:PORT``: Optuna's gRPC storage proxy in front of either (``ple-search
+  storage-proxy``), its outages retried the same way, with heartbeats of ple-search's own kept
+  through it (Optuna's proxy has none), so a worker that dies or hangs on any machine has its
+  trial failed after the grace period and retried once.
 """
 
 from __future__ import annotations
@@ -105,9 +109,9 @@ def open_storage(
 
     Args:
         url: a journal file path (``*.journal``) or an SQLAlchemy URL.
-        heartbeat_interval: RDB only: running trials send heartbeats this often (seconds), and
-            trials without one for ``grace_period`` (default twice the interval) are failed and
-            retried once.
+        heartbeat_interval: RDB and gRPC proxy: running trials send heartbeats this often
+            (seconds), and trials without one for ``grace_period`` (default twice the interval)
+            are failed and retried once.
         retry_seconds: RDB only: how long each storage call keeps retrying an unreachable
             database before it raises a ``StorageError``.
         notify: where one-line notices go (a torn journal record set aside, an outage and its end).
@@ -115,7 +119,7 @@ def open_storage(
     if is_journal(url):
         return _open_journal(Path(url), notify)
     if url.startswith(GRPC_SCHEME):
-        return open_proxy(url, retry_seconds=retry_seconds, notify=notify)
+        return open_proxy(url, heartbeat_interval, grace_period, retry_seconds=retry_seconds, notify=notify)
     if "://" not in url:
         raise StorageError(
             f"storage {mask_url(url)!r} is malformed: expected a journal file (*.journal) or a URL such as "
@@ -312,6 +316,7 @@ for _name in RETRIED_CALLS:
 # ----------------------------------------------------------------------------- the gRPC proxy
 
 GRPC_SCHEME = "grpc://"
+PROXY_HEARTBEAT = "ple_search:heartbeat"  # a running trial's last heartbeat through the proxy (Unix seconds)
 PROXY_READY_SECONDS = 10.0
 
 
@@ -333,13 +338,44 @@ def _proxy_class() -> type:
     global _PROXY_CLASS
     if _PROXY_CLASS is None:
         from optuna.storages import GrpcStorageProxy
+        from optuna.storages._heartbeat import BaseHeartbeat
+        from optuna.trial import TrialState
 
-        class ResilientGrpcStorage(GrpcStorageProxy):
+        class ResilientGrpcStorage(GrpcStorageProxy, BaseHeartbeat):
+            """Heartbeats Optuna's proxy lacks, kept where the proxy keeps everything else: a
+            running trial's worker stamps it (system attribute ``PROXY_HEARTBEAT``, this
+            machine's clock) every ``heartbeat_interval`` s, and a RUNNING trial whose last stamp
+            is older than ``grace_period`` by the reader's clock is stale (``fail_stale_trials``:
+            failed and retried once). The workers' clocks must agree within the grace period."""
+
             _retry_seconds, _url = DEFAULT_RETRY_SECONDS, ""
             _notify: Notify = staticmethod(_stderr)
+            _interval: int | None = None
+            _grace = 60
 
             def configure_retry(self, retry_seconds: float, url: str, notify: Notify) -> None:
                 self._retry_seconds, self._url, self._notify = retry_seconds, url, notify
+
+            def configure_heartbeat(self, interval: int | None, grace: int | None) -> None:
+                self._interval, self._grace = interval, grace or 2 * (interval or 30)
+
+            def record_heartbeat(self, trial_id: int) -> None:
+                try:
+                    GrpcStorageProxy.set_trial_system_attr(self, trial_id, PROXY_HEARTBEAT, time.time())
+                except Exception as exc:  # a beat lost to an outage: the next one goes as usual
+                    if not is_transient(exc):
+                        raise
+
+            def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+                now = time.time()
+                running = self.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))
+                return [t._trial_id for t in running if now - t.system_attrs.get(PROXY_HEARTBEAT, now) > self._grace]
+
+            def get_heartbeat_interval(self) -> int | None:
+                return self._interval
+
+            def get_heartbeat_stale_trial_callback(self) -> Any:
+                return _retry_once() if self._interval else None
 
         for name in RETRIED_CALLS:
             if hasattr(GrpcStorageProxy, name):
@@ -348,11 +384,15 @@ def _proxy_class() -> type:
     return _PROXY_CLASS
 
 
-def open_proxy(url: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS, notify: Notify = _stderr) -> optuna.storages.BaseStorage:
+def open_proxy(
+    url: str, heartbeat_interval: int | None = None, grace_period: int | None = None, *, retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    notify: Notify = _stderr,
+) -> optuna.storages.BaseStorage:  # fmt: skip
     """The storage behind an Optuna gRPC storage proxy (``ple-search storage-proxy``); a proxy
-    that does not answer within ``PROXY_READY_SECONDS`` is a ``StorageError``. Heartbeats are
-    not sent through a proxy (Optuna's proxy has none): trials of dead workers on this machine
-    are found by their process ids, as with journal files."""
+    that does not answer within ``PROXY_READY_SECONDS`` is a ``StorageError``. With
+    ``heartbeat_interval``, running trials send heartbeats through the proxy as they do to a
+    database, and trials whose worker stopped sending them (on any machine) for ``grace_period``
+    are failed and retried once (``ResilientGrpcStorage``)."""
     host, port = proxy_address(url)
     try:
         import grpc  # noqa: F401
@@ -362,6 +402,7 @@ def open_proxy(url: str, *, retry_seconds: float = DEFAULT_RETRY_SECONDS, notify
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         storage = _proxy_class()(host=host, port=port)
     storage.configure_retry(retry_seconds, url, notify)
+    storage.configure_heartbeat(heartbeat_interval, grace_period)
     try:
         storage.wait_server_ready(timeout=PROXY_READY_SECONDS)
     except ConnectionError:
