@@ -16,6 +16,7 @@ optional dependency (``pip install 'ple-search[ray]'``), imported only here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import signal
@@ -23,7 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import optuna
 
@@ -239,19 +240,29 @@ def run_ray_workers(entry: Callable[[Any], int], requests: Sequence[Any], study:
     corrupt its state)."""
     connect(address)
     workers = RayWorkers(entry, requests, study, storage_url=storage_url, target=target, cpus=cpus, gpus=gpus, on_line=on_line)
+    with stop_flag() as stop:  # held through the stopping too: a second Ctrl-C must not raise inside Ray
+        try:
+            return workers.supervise(tick, stop), False
+        except (KeyboardInterrupt, Interrupted):
+            workers.stop()
+            return 0, True
+        finally:
+            if workers.refs:
+                workers.stop()
+            workers.ray.shutdown()
+
+
+@contextlib.contextmanager
+def stop_flag() -> Iterator[threading.Event]:
+    """An event Ctrl-C and SIGTERM set for the length of the block, instead of raising: raised
+    inside Ray's C++ calls they would corrupt its state; the loops check the flag between calls."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return workers.supervise(tick, stop), False
-    except (KeyboardInterrupt, Interrupted):
-        workers.stop()
-        return 0, True
+        yield stop
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        if workers.refs:
-            workers.stop()
-        workers.ray.shutdown()
 
 
 @dataclass(frozen=True)
@@ -345,9 +356,7 @@ def ray_seed_runs(placement: RayPlacement, jobs: Sequence[SeedJob]) -> list[Seed
     ray = connect(placement.address)
     remote = ray.remote(num_cpus=placement.cpus, num_gpus=placement.gpus, max_retries=1)(_seed_entry)
     refs = [remote.remote(job) for job in jobs]
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with stop_flag() as stop:
         pending = list(refs)
         while pending:
             if stop.is_set():
@@ -355,13 +364,10 @@ def ray_seed_runs(placement: RayPlacement, jobs: Sequence[SeedJob]) -> list[Seed
                     ray.cancel(ref, force=True)
                 raise KeyboardInterrupt
             _, pending = ray.wait(pending, num_returns=len(pending), timeout=1.0)
-        results = []
-        for job, ref in zip(jobs, refs):
-            try:
-                results.append(ray.get(ref))
-            except ray.exceptions.RayTaskError as exc:
-                raise TrialFailed(f"seed {job.seed} failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
-        return results
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    results = []
+    for job, ref in zip(jobs, refs):
+        try:
+            results.append(ray.get(ref))
+        except ray.exceptions.RayTaskError as exc:
+            raise TrialFailed(f"seed {job.seed} failed on Ray: {str(exc).strip().splitlines()[-1]}") from None
+    return results
